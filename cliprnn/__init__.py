@@ -1,0 +1,41 @@
+"""cliprnn: CLIP as RNN (CaR) open-vocabulary segmentation with frozen CLIP models.
+
+Public API: :class:`CaR`, :class:`CaRConfig`, :class:`CaRResult`, :func:`convert_openai_checkpoint`.
+The FiftyOne layer lives in :mod:`cliprnn.fiftyone` (imported only on demand).
+"""
+
+from cliprnn.car import CaR
+from cliprnn.config import PRESETS, CaRConfig
+from cliprnn.errors import CaRError, ConfigError, ImageError, ModelLoadError, QueryError
+from cliprnn.result import CaRResult, StepTrace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "CaR",
+    "CaRConfig",
+    "CaRError",
+    "CaRResult",
+    "ConfigError",
+    "ImageError",
+    "ModelLoadError",
+    "QueryError",
+    "StepTrace",
+    "convert_openai_checkpoint",
+    "segment_collection",
+]
+
+
+def convert_openai_checkpoint(src, dst_folder):  # noqa: ANN001, ANN201 - thin lazy re-export
+    """Convert an OpenAI-layout CLIP state dict into a Hugging Face CLIPModel folder."""
+    from cliprnn.convert import convert_openai_checkpoint as _convert
+
+    return _convert(src, dst_folder)
+
+
+def segment_collection(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - lazy: imports FiftyOne
+    """Run CaR over a FiftyOne collection; see :func:`cliprnn.fiftyone.segment_collection`."""
+    from cliprnn.fiftyone import segment_collection as _segment_collection
+
+    return _segment_collection(*args, **kwargs)

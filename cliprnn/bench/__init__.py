@@ -1,0 +1,1 @@
+"""Benchmarks users can run: `python -m cliprnn bench-speed` and `bench-accuracy`."""

@@ -1,0 +1,410 @@
+"""CaR: the recurrent segmenter (proposals -> visual prompts -> classifier -> drop, repeat)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cliprnn.config import CaRConfig
+from cliprnn.errors import ConfigError, QueryError
+from cliprnn.result import CaRResult, StepTrace
+
+ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
+
+#: Above this many queries a uint8 label map cannot hold every class.
+MAX_QUERIES = 65535
+
+
+@dataclass
+class _PassOutput:
+    """What one recurrence pass hands to post-processing."""
+
+    live: list[int]  # indices (into the pass's queries) of the survivors
+    proposals: np.ndarray  # [len(live), h, w] final soft masks
+    scores: np.ndarray  # [len(live)] final classifier scores
+    steps: int
+    trace: list[StepTrace]
+
+
+class CaR:
+    """CLIP as RNN: segment an image for a list of text queries with two frozen CLIP models.
+
+    Models load lazily on first use (or eagerly with :meth:`load`), once per instance; text
+    embeddings are cached across calls, so one instance should serve a whole dataset.
+
+    Example::
+
+        car = CaR(CaRConfig.preset("voc"))
+        result = car.segment("dog.jpg", ["dog", "person", "sofa"])
+        result.label_map  # 0 = background, i + 1 = result.queries[i]
+    """
+
+    def __init__(self, config: CaRConfig | str | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = CaRConfig().replace(**overrides) if overrides else CaRConfig()
+        elif isinstance(config, str):
+            config = CaRConfig.preset(config, **overrides)
+        elif isinstance(config, CaRConfig):
+            config = config.replace(**overrides) if overrides else config
+        else:
+            raise ConfigError(f"config must be a CaRConfig or a preset name, got {type(config)}")
+        self.config = config
+        self._proposal_backend = None
+        self._classifier_backend = None
+        self._proposals = None
+        self._classifier = None
+        self._sam = None
+
+    # ------------------------------------------------------------------ models
+    @property
+    def device(self) -> str:
+        """The torch device the models run on ("auto" resolved)."""
+        if self.config.device != "auto":
+            return self.config.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _torch_dtype(self) -> Any:
+        import torch
+
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+            self.config.dtype
+        ]
+
+    @property
+    def proposal_backend(self) -> Any:
+        """The proposal generator's CLIP (loaded on first access)."""
+        if self._proposal_backend is None:
+            from cliprnn.clip_backend import ClipBackend
+
+            self._proposal_backend = ClipBackend.load(
+                self.config.proposal_model,
+                device=self.device,
+                dtype=self._torch_dtype(),
+                role="proposal",
+                config=self.config,
+            )
+        return self._proposal_backend
+
+    @property
+    def classifier_backend(self) -> Any:
+        """The mask classifier's CLIP (shared with the proposal CLIP when both name one model)."""
+        if self._classifier_backend is None:
+            if _same_model(self.config.classifier_model, self.config.proposal_model):
+                self._classifier_backend = self.proposal_backend
+            else:
+                from cliprnn.clip_backend import ClipBackend
+
+                self._classifier_backend = ClipBackend.load(
+                    self.config.classifier_model,
+                    device=self.device,
+                    dtype=self._torch_dtype(),
+                    role="classifier",
+                    config=self.config,
+                )
+        return self._classifier_backend
+
+    @property
+    def proposal_generator(self) -> Any:
+        if self._proposals is None:
+            from cliprnn.proposals import ProposalGenerator
+
+            self._proposals = ProposalGenerator(self.proposal_backend, self.config)
+        return self._proposals
+
+    @property
+    def classifier(self) -> Any:
+        if self._classifier is None:
+            from cliprnn.classifier import MaskClassifier
+
+            self._classifier = MaskClassifier(self.classifier_backend, self.config)
+        return self._classifier
+
+    @property
+    def sam(self) -> Any:
+        if self._sam is None and self.config.sam_checkpoint:
+            from cliprnn.sam_refine import SamRefiner
+
+            self._sam = SamRefiner.from_config(self.config, device=self.device)
+        return self._sam
+
+    def load(self) -> CaR:
+        """Load every model now (raising ModelLoadError early) and return self."""
+        _ = self.proposal_generator, self.classifier, self.sam
+        return self
+
+    # ------------------------------------------------------------------ public API
+    def segment(
+        self,
+        image: ImageLike,
+        queries: Sequence[str],
+        *,
+        stuff: Sequence[str] | None = None,
+        trace: bool = False,
+    ) -> CaRResult:
+        """Segment ``image`` for ``queries``; ``stuff`` marks background-like queries.
+
+        ``stuff`` (default ``config.stuff_queries``) runs the paper's thing/stuff passes: stuff
+        queries are segmented in their own pass and painted first, things on top.
+        """
+        from cliprnn.imageio import inference_size, load_image, resize_image
+
+        timings: dict[str, float] = {}
+        with _timed(timings, "decode"):
+            full = load_image(image)
+        normalized = self._normalize(queries)
+        names = normalized.queries
+        height, width = full.shape[:2]
+        small_hw = inference_size(height, width, self.config.max_image_side)
+        work = full if small_hw == (height, width) else resize_image(full, small_hw)
+
+        stuff_set = set(self.config.stuff_queries if stuff is None else stuff)
+        stuff_idx = [i for i, q in enumerate(names) if q in stuff_set]
+        thing_idx = [i for i, q in enumerate(names) if q not in stuff_set]
+        if hasattr(self.classifier, "reset_cache"):
+            self.classifier.reset_cache()
+
+        masks = np.zeros((len(names), *work.shape[:2]), dtype=bool)
+        soft = np.zeros((len(names), *work.shape[:2]), dtype=np.float32)
+        scores = np.zeros(len(names), dtype=np.float32)
+        traces: list[StepTrace] = []
+        steps = 0
+        state = None
+        passes = []
+        if thing_idx:
+            thing_bg = (
+                [names[i] for i in stuff_idx]
+                if stuff_idx and self.config.mutual_background
+                else normalized.background
+            )
+            passes.append((thing_idx, thing_bg, self.config.visual_prompts, self.config.bg_factor))
+        if stuff_idx:
+            stuff_bg = [names[i] for i in thing_idx] or normalized.background
+            passes.append(
+                (stuff_idx, stuff_bg, self.config.stuff_visual_prompts, self.config.stuff_bg_factor)
+            )
+        # Stuff first, things on top: paint order follows the pass order reversed.
+        pass_masks: list[tuple[list[int], np.ndarray, np.ndarray]] = []
+        for idx, background, prompts, bg_factor in passes:
+            if state is None or not self.config.reuse_dense_pass:
+                with _timed(timings, "dense"):
+                    state = self.proposal_generator.prepare(work)
+            out = self._recurrence(
+                work, [names[i] for i in idx], background, prompts, state, trace, timings
+            )
+            steps = max(steps, out.steps)
+            traces.extend(out.trace)
+            with _timed(timings, "crf"):
+                final_masks, lost = self._postprocess(work, out.proposals, bg_factor)
+            pass_scores = np.where(lost, 0.0, out.scores).astype(np.float32)
+            if self.sam is not None:
+                with _timed(timings, "sam"):
+                    final_masks = self.sam.refine(work, final_masks)
+            global_idx = [idx[j] for j in out.live]
+            masks[global_idx] = final_masks
+            soft[global_idx] = out.proposals
+            scores[global_idx] = pass_scores
+            pass_masks.append((global_idx, final_masks, pass_scores))
+
+        with _timed(timings, "labels"):
+            label_map = self._label_map(pass_masks, work.shape[:2], stuff_first=bool(stuff_idx))
+            if small_hw != (height, width):
+                from cliprnn.imageio import resize_masks_nearest, resize_soft
+
+                label_map = _resize_labels(label_map, (height, width))
+                masks = resize_masks_nearest(masks, (height, width))
+                soft = resize_soft(soft, (height, width))
+        has_pixels = masks.reshape(len(names), -1).any(axis=1)
+        if not self.config.faithful:
+            scores[~has_pixels] = 0.0  # the reference keeps a score for an empty middle channel
+        kept = [q for q, s, p in zip(names, scores, has_pixels, strict=True) if s > 0 and p]
+        return CaRResult(
+            label_map=label_map.astype(np.int32),
+            queries=list(names),
+            kept=kept,
+            scores=scores,
+            masks=masks,
+            steps=steps,
+            soft_masks=soft,
+            trace=traces if trace else None,
+            timings=timings,
+            warnings=list(normalized.warnings),
+        )
+
+    # ------------------------------------------------------------------ stages
+    def _normalize(self, queries: Sequence[str]) -> Any:
+        from cliprnn.queries import normalize_queries
+
+        tokenizer = self.proposal_backend.tokenizer if self._proposal_backend else None
+        normalized = normalize_queries(
+            queries,
+            self.config.background_words,
+            tokenizer=tokenizer,
+            faithful=self.config.faithful,
+        )
+        if len(normalized.queries) > MAX_QUERIES:
+            raise QueryError(f"{len(normalized.queries)} queries; at most {MAX_QUERIES} supported")
+        return normalized
+
+    def _cam_texts(self, names: list[str], step: int) -> list[str]:
+        # The reference embeds raw names in the first step's CAM, templated names afterwards.
+        if self.config.faithful and step == 0:
+            return list(names)
+        return [self.config.cam_template.format(n) for n in names]
+
+    def _recurrence(
+        self,
+        image: np.ndarray,
+        names: list[str],
+        background: list[str],
+        prompts: Sequence[str],
+        state: Any,
+        trace: bool,
+        timings: dict[str, float],
+    ) -> _PassOutput:
+        from cliprnn.classifier import keep_decisions
+        from cliprnn.visual_prompts import apply_visual_prompts
+
+        cfg = self.config
+        live = list(range(len(names)))
+        prev_count = 0
+        prev: dict[int, np.ndarray] = {}
+        traces: list[StepTrace] = []
+        proposals = np.zeros((0, *image.shape[:2]), np.float32)
+        final_scores = np.zeros(0, np.float32)
+        steps = 0
+        for step in range(cfg.max_steps):
+            steps = step + 1
+            live_names = [names[i] for i in live]
+            if step > 0 and not cfg.reuse_dense_pass:
+                with _timed(timings, "dense"):
+                    state = self.proposal_generator.prepare(image)
+            with _timed(timings, "proposals"):
+                proposals, extras = self._propose(state, live_names, background, step, trace)
+            if prev and not proposals.reshape(len(live), -1).any():
+                proposals = np.stack([prev[i] for i in live])  # the reference's stale-mask guard
+            prev = {i: proposals[j] for j, i in enumerate(live)}
+            with _timed(timings, "prompts"):
+                prompted = [
+                    apply_visual_prompts(
+                        image, proposals[j], prompts, cfg.mask_threshold, faithful=cfg.faithful
+                    )
+                    for j in range(len(live))
+                ]
+            with _timed(timings, "classifier"):
+                score_matrix, cls_extras = self.classifier.score(prompted, live_names, trace=trace)
+            diag = np.diag(score_matrix).astype(np.float32)
+            kept_local = [int(j) for j in keep_decisions(diag, cfg.confidence_threshold)]
+            if trace:
+                extras = {**extras, **cls_extras, "prompted_images": np.stack(prompted)}
+                traces.append(
+                    StepTrace(
+                        queries=live_names,
+                        proposals=proposals.copy(),
+                        scores=np.asarray(score_matrix, np.float32),
+                        kept=[live_names[j] for j in kept_local],
+                        extras=extras,
+                    )
+                )
+            new_live = [live[j] for j in kept_local]
+            proposals, final_scores = proposals[kept_local], diag[kept_local]
+            if cfg.faithful:
+                # The reference compares the number of passing queries with the previous step's
+                # (initially 0), so it always runs a confirmation step.
+                done = len(kept_local) == prev_count
+            else:
+                unchanged = new_live == live
+                done = unchanged and (step > 0 or cfg.early_stop_clean)
+            prev_count = len(kept_local)
+            live = new_live
+            if done:
+                break
+        return _PassOutput(live, proposals, final_scores, steps, traces)
+
+    def _propose(
+        self, state: Any, names: list[str], background: list[str], step: int, trace: bool
+    ) -> tuple[np.ndarray, dict]:
+        cam_texts = self._cam_texts(names, step)
+        if self.config.mode == "semantic":
+            return self.proposal_generator.propose(state, cam_texts, background, trace=trace)
+        # Referring mode: each phrase competes with the background words only.
+        outs = [
+            self.proposal_generator.propose(state, [text], background, trace=trace)
+            for text in cam_texts
+        ]
+        proposals = np.concatenate([p for p, _ in outs], axis=0)
+        extras: dict = {}
+        if trace:
+            for key in outs[0][1]:
+                values = [e[key] for _, e in outs]
+                try:
+                    extras[key] = np.concatenate([np.asarray(v) for v in values], axis=0)
+                except (ValueError, TypeError):
+                    extras[key] = values
+        return proposals, extras
+
+    def _postprocess(
+        self, image: np.ndarray, proposals: np.ndarray, bg_factor: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Final binary masks for the survivors and which ones lost every pixel to the CRF."""
+        from cliprnn.postprocess import crf_masks, crf_masks_separate
+
+        if len(proposals) == 0:
+            return np.zeros_like(proposals, dtype=bool), np.zeros(0, dtype=bool)
+        if self.config.mode == "referring":
+            masks, extras = crf_masks_separate(image, proposals, self.config, bg_factor=bg_factor)
+        else:
+            masks, extras = crf_masks(image, proposals, self.config, bg_factor=bg_factor)
+        lost = np.asarray(extras.get("lost", np.zeros(len(proposals), bool)), dtype=bool)
+        return masks.astype(bool), lost
+
+    @staticmethod
+    def _label_map(
+        pass_masks: list[tuple[list[int], np.ndarray, np.ndarray]],
+        hw: tuple[int, int],
+        *,
+        stuff_first: bool,
+    ) -> np.ndarray:
+        from cliprnn.postprocess import assign_label
+
+        label_map = np.zeros(hw, dtype=np.int32)
+        ordered = list(reversed(pass_masks)) if stuff_first else pass_masks
+        for global_idx, masks, scores in ordered:
+            if not global_idx:
+                continue
+            local = assign_label(masks, scores)
+            painted = local > 0
+            lookup = np.asarray([0, *[g + 1 for g in global_idx]], dtype=np.int32)
+            label_map[painted] = lookup[local[painted]]
+        return label_map
+
+
+def _resize_labels(label_map: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    dtype = np.uint16 if label_map.max(initial=0) <= np.iinfo(np.uint16).max else np.float32
+    resized = cv2.resize(label_map.astype(dtype), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return resized.astype(np.int32)
+
+
+def _same_model(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start

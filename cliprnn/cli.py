@@ -1,0 +1,148 @@
+"""Command line: `python -m cliprnn <command>` (segment, convert, presets, bench-speed, bench-accuracy)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _parse_seeds(text: str) -> range:
+    start, _, end = text.partition(":")
+    try:
+        return range(int(start), int(end))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must look like START:END, got {text!r}") from None
+
+
+def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
+    from cliprnn.config import CaRConfig
+
+    overrides = {}
+    for name in ("proposal_model", "classifier_model", "device"):
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
+    return CaRConfig.preset(args.preset, **overrides)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from cliprnn.car import CaR
+
+    result = CaR(_config_from_args(args)).segment(args.image, args.queries)
+    summary = {
+        "queries": result.queries,
+        "kept": result.kept,
+        "scores": [round(float(s), 4) for s in result.scores],
+        "steps": result.steps,
+        "warnings": result.warnings,
+    }
+    if args.out:
+        labels = result.label_map
+        dtype = np.uint8 if labels.max(initial=0) <= 255 else np.uint16
+        Image.fromarray(labels.astype(dtype)).save(args.out)
+        summary["label_map"] = str(args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from cliprnn.convert import convert_openai_checkpoint
+
+    print(convert_openai_checkpoint(args.src, args.dst))
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from cliprnn.config import PRESETS, CaRConfig
+
+    for name in sorted(PRESETS):
+        try:
+            cfg = CaRConfig.preset(name)
+        except Exception as exc:  # the bundled model may be missing in a source checkout
+            print(f"{name}: unavailable ({exc})")
+            continue
+        print(
+            f"{name}: η={cfg.mask_threshold} θ={cfg.confidence_threshold} "
+            f"λ={cfg.clipes_threshold} prompts={'+'.join(cfg.visual_prompts)} "
+            f"proposal={cfg.proposal_model} classifier={cfg.classifier_model}"
+        )
+    return 0
+
+
+def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
+    from cliprnn.bench.accuracy import DEFAULT_SEEDS, format_table, run_accuracy_benchmark
+
+    report = run_accuracy_benchmark(args.seeds or DEFAULT_SEEDS)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def _cmd_bench_speed(args: argparse.Namespace) -> int:
+    from cliprnn.bench.speed import format_table, run_speed_benchmark
+
+    report = run_speed_benchmark(
+        queries=args.queries, steps=args.steps, dataset=args.dataset, device=args.device,
+        baseline=not args.no_baseline,
+    )  # fmt: skip
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `python -m cliprnn`."""
+    parser = argparse.ArgumentParser(prog="python -m cliprnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment one image for some text queries")
+    seg.add_argument("image", type=Path)
+    seg.add_argument("queries", nargs="+")
+    seg.add_argument("--preset", default="mini", help="voc, coco_object, context, fast, mini, ...")
+    seg.add_argument("--proposal-model", dest="proposal_model")
+    seg.add_argument("--classifier-model", dest="classifier_model")
+    seg.add_argument("--device")
+    seg.add_argument("--out", type=Path, help="write the label map as a PNG here")
+    seg.set_defaults(func=_cmd_segment)
+
+    conv = sub.add_parser("convert", help="OpenAI-layout CLIP checkpoint -> Hugging Face folder")
+    conv.add_argument("src", type=Path)
+    conv.add_argument("dst", type=Path)
+    conv.set_defaults(func=_cmd_convert)
+
+    pre = sub.add_parser("presets", help="list the named configurations")
+    pre.set_defaults(func=_cmd_presets)
+
+    acc = sub.add_parser("bench-accuracy", help="mIoU on generated scenes with the bundled model")
+    acc.add_argument("--seeds", type=_parse_seeds, help="START:END (held-out by default)")
+    acc.add_argument("--json", action="store_true")
+    acc.set_defaults(func=_cmd_bench_accuracy)
+
+    spd = sub.add_parser("bench-speed", help="seconds per image at the paper's model sizes")
+    spd.add_argument("--queries", type=int, default=20)
+    spd.add_argument("--steps", type=int, default=2)
+    spd.add_argument("--dataset", type=int, default=0, help="also time N images end to end")
+    spd.add_argument("--device", default="cpu")
+    spd.add_argument("--no-baseline", action="store_true", help="skip the unoptimised run")
+    spd.add_argument("--json", action="store_true")
+    spd.set_defaults(func=_cmd_bench_speed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m cliprnn` and the `cliprnn` script."""
+    args = build_parser().parse_args(argv)
+    from cliprnn.errors import CaRError
+
+    try:
+        return int(args.func(args) or 0)
+    except CaRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""CaR configuration: every hyperparameter of the paper in one dataclass, with named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from cliprnn.errors import ConfigError
+
+#: The 23 background words of every shipped reference config (CLIP-ES's VOC list minus
+#: "keyboard" and "sign").
+BACKGROUND_WORDS: tuple[str, ...] = (
+    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river",
+    "sea", "railway", "railroad", "helmet", "cloud", "house", "mountain", "ocean", "road",
+    "rock", "street", "valley", "bridge",
+)  # fmt: skip
+
+#: Appendix D's three background groups (112 words), an option for open vocabularies.
+BACKGROUND_TERRESTRIAL: tuple[str, ...] = (
+    "ground", "land", "grass", "tree", "mountain", "rock", "valley", "earth", "terrain",
+    "forest", "bush", "hill", "field", "pasture", "meadow", "plateau", "cliff", "canyon",
+    "ridge", "peak", "plain", "prairie", "tundra", "savanna", "steppe", "crag", "knoll",
+    "dune", "glen", "dale", "copse", "thicket",
+)  # fmt: skip
+BACKGROUND_AQUATIC_ATMOSPHERIC: tuple[str, ...] = (
+    "sea", "ocean", "lake", "water", "river", "sky", "cloud", "pond", "stream", "lagoon",
+    "bay", "gulf", "fjord", "estuary", "creek", "brook", "reservoir", "pool", "spring",
+    "marsh", "swamp", "wetland", "glacier", "iceberg", "atmosphere", "stratosphere", "mist",
+    "fog", "rain", "drizzle", "hail", "sleet", "snow", "thunderstorm", "breeze", "wind",
+    "gust", "hurricane", "tornado", "monsoon", "cumulus", "cirrus", "stratus", "nimbus",
+)  # fmt: skip
+BACKGROUND_MAN_MADE: tuple[str, ...] = (
+    "building", "house", "wall", "road", "street", "railway", "railroad", "bridge",
+    "edifice", "structure", "apartment", "condominium", "skyscraper", "highway", "boulevard",
+    "lane", "alley", "byway", "avenue", "expressway", "freeway", "path", "overpass",
+    "underpass", "viaduct", "tunnel", "footbridge", "crosswalk", "culvert", "dam", "archway",
+    "causeway", "plaza", "square", "station", "terminal",
+)  # fmt: skip
+BACKGROUND_WORDS_LARGE: tuple[str, ...] = (
+    BACKGROUND_TERRESTRIAL + BACKGROUND_AQUATIC_ATMOSPHERIC + BACKGROUND_MAN_MADE
+)
+
+#: The classifier's 15 semantic templates, in the reference order.
+SEMANTIC_TEMPLATES: tuple[str, ...] = (
+    "a clean origami {}.",
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+#: Names of the visual prompts, in the fixed order the reference applies them.
+VISUAL_PROMPTS: tuple[str, ...] = ("blur", "gray", "black", "circle", "rectangle", "contour")
+
+PROPOSAL_MODEL = "openai/clip-vit-base-patch16"
+CLASSIFIER_MODEL = "openai/clip-vit-large-patch14"
+MODES = ("semantic", "referring")
+DTYPES = ("float32", "float16", "bfloat16")
+CLASSIFIER_CROPS = ("center", "pad")
+
+
+@dataclass(frozen=True)
+class CaRConfig:
+    """Every setting of a CaR run. Defaults are the paper's Pascal VOC configuration.
+
+    Thresholds carry the reference config names: ``mask_threshold`` is η (binarise a proposal
+    before drawing prompts), ``confidence_threshold`` is θ (drop a query whose classifier score
+    is not above it), ``clipes_threshold`` is λ (CLIP-ES box threshold).
+    """
+
+    # Backbones: a Hugging Face hub name or a local folder holding a CLIPModel.
+    proposal_model: str = PROPOSAL_MODEL
+    classifier_model: str = CLASSIFIER_MODEL
+
+    # The paper's three thresholds.
+    mask_threshold: float = 0.4
+    confidence_threshold: float = 0.6
+    clipes_threshold: float = 0.4
+
+    # Visual prompts drawn on the image for the classifier (applied in VISUAL_PROMPTS order).
+    visual_prompts: tuple[str, ...] = ("circle", "blur")
+    # Text.
+    background_words: tuple[str, ...] = BACKGROUND_WORDS
+    templates: tuple[str, ...] = SEMANTIC_TEMPLATES
+    cam_template: str = "a clean origami {}."
+    background_template: str = "a clean origami {}."
+
+    # Proposal generator (Grad-CAM + CLIP-ES class-aware affinity).
+    cam_layer: int = -1  # encoder block whose layer_norm1 output Grad-CAM reads
+    affinity_layers: int = 8  # last blocks whose attention maps form the affinity
+    sinkhorn_rounds: int = 3
+    cam_input_multiple: int = 16  # CAM input sides are rounded up to a multiple of this
+    bg_factor: float = 1.0
+    refine_affinity: bool = True  # False: plain Grad-CAM proposals (the paper's ablation)
+
+    # Segmentation mode: "semantic" (queries compete) or "referring" (each phrase alone).
+    mode: str = "semantic"
+    # Thing/stuff passes (Pascal-Context-like vocabularies): queries named here are "stuff";
+    # with mutual_background, stuff is background for things and things for stuff.
+    stuff_queries: tuple[str, ...] = ()
+    mutual_background: bool = False
+    stuff_visual_prompts: tuple[str, ...] = ("blur", "gray")
+    stuff_bg_factor: float = 1.0
+
+    # Recurrence.
+    max_steps: int = 10
+
+    # Dense CRF (deeplab-v2 defaults used by the reference).
+    crf: bool = True
+    crf_iterations: int = 10
+    crf_pos_xy_std: float = 1.0
+    crf_pos_w: float = 3.0
+    crf_bi_xy_std: float = 67.0
+    crf_bi_rgb_std: float = 3.0
+    crf_bi_w: float = 4.0
+    crf_mean_bgr: tuple[float, float, float] = (104.008, 116.669, 122.675)
+
+    # Optional SAM refinement (segment-anything automatic masks + IoM/IoU matching).
+    sam_checkpoint: str | None = None
+    sam_model_type: str = "vit_h"
+    sam_points_per_side: int = 64
+    sam_pred_iou_thresh: float = 0.88
+    sam_stability_score_thresh: float = 0.95
+    sam_box_nms_thresh: float = 0.7
+    sam_iom_threshold: float = 0.7
+    sam_iou_threshold: float = 0.7
+    sam_min_pred_threshold: float = 0.05
+
+    # Input policy: images whose longer side exceeds this are resized for inference; masks
+    # are returned at the input's full resolution. None disables the cap.
+    max_image_side: int | None = 1024
+    classifier_crop: str = "center"  # "center" (reference) or "pad" (pad to square)
+
+    # Runtime.
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N", "mps"
+    dtype: str = "float32"
+    batch_size: int = 32  # prompted images per classifier forward
+
+    # Reference-code behaviour ("faithful") versus the cleaned-up behaviour.
+    faithful: bool = True
+
+    # Speed switches (all output-identical; off reproduces the reference's schedule).
+    reuse_dense_pass: bool = True  # blocks 1..L-1 and attention once per image
+    batched_cam: bool = True  # one backward for all live queries
+    cache_text: bool = True  # text embeddings cached across queries, steps, images
+    classifier_single_pass: bool = True  # each prompted image through the tower once per step
+    reuse_unchanged_prompts: bool = True  # same binarised mask -> same image embedding
+    skip_single_query_classifier: bool = True  # one live query scores 1 by construction
+    early_stop_clean: bool = True  # clean mode: a first step that drops nothing is final
+
+    extras: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("visual_prompts", "background_words", "templates", "stuff_queries",
+                     "stuff_visual_prompts", "crf_mean_bgr"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ConfigError(f"{name} must be a list of strings, not the string {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first parameter that is out of range."""
+        for name in ("mask_threshold", "confidence_threshold", "clipes_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+        for name in ("visual_prompts", "stuff_visual_prompts"):
+            unknown = [p for p in getattr(self, name) if p not in VISUAL_PROMPTS]
+            if unknown:
+                raise ConfigError(
+                    f"{name}: unknown visual prompt(s) {unknown}; choose from {list(VISUAL_PROMPTS)}"
+                )
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.classifier_crop not in CLASSIFIER_CROPS:
+            raise ConfigError(
+                f"classifier_crop must be one of {list(CLASSIFIER_CROPS)}, "
+                f"got {self.classifier_crop!r}"
+            )
+        if not self.templates or any("{}" not in t for t in self.templates):
+            raise ConfigError("templates must be a non-empty list of strings containing '{}'")
+        for name in ("cam_template", "background_template"):
+            if "{}" not in getattr(self, name):
+                raise ConfigError(f"{name} must contain '{{}}', got {getattr(self, name)!r}")
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ConfigError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        if self.max_image_side is not None and (
+            not isinstance(self.max_image_side, int) or self.max_image_side < 32
+        ):
+            raise ConfigError(f"max_image_side must be None or an integer >= 32")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.affinity_layers < 1 or self.sinkhorn_rounds < 1 or self.cam_input_multiple < 1:
+            raise ConfigError("affinity_layers, sinkhorn_rounds and cam_input_multiple must be >= 1")
+        if self.bg_factor <= 0 or self.stuff_bg_factor <= 0:
+            raise ConfigError("bg_factor and stuff_bg_factor must be > 0")
+        if self.crf_iterations < 0:
+            raise ConfigError("crf_iterations must be >= 0")
+        for name in ("sam_iom_threshold", "sam_iou_threshold", "sam_min_pred_threshold",
+                     "sam_pred_iou_thresh", "sam_stability_score_thresh", "sam_box_nms_thresh"):  # fmt: skip
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+
+    def replace(self, **overrides: Any) -> CaRConfig:
+        """A copy with some fields changed (validated; unknown names raise ConfigError)."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown CaRConfig parameter(s): {unknown}")
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> CaRConfig:
+        """A named configuration (see PRESETS), with optional field overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls().replace(**{**PRESETS[name](), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field (for provenance records)."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def _mini_preset() -> dict[str, Any]:
+    from cliprnn.assets import mini_model_paths  # local import: assets may be absent in dev
+
+    proposal, classifier = mini_model_paths()
+    return dict(MINI_PRESET, proposal_model=str(proposal), classifier_model=str(classifier))
+
+
+#: Values of the bundled miniature CLIP preset other than the model paths (tuned on training
+#: seeds; see README).
+MINI_PRESET: dict[str, Any] = dict(
+    mask_threshold=0.4, confidence_threshold=0.6, clipes_threshold=0.4,
+    visual_prompts=("circle", "blur"), max_image_side=512,
+)  # fmt: skip
+
+#: Named presets: the paper's datasets, a fast one, referring, and the bundled mini model.
+PRESETS: dict[str, Any] = {
+    "voc": lambda: dict(
+        mask_threshold=0.4, confidence_threshold=0.6, clipes_threshold=0.4,
+        visual_prompts=("circle", "blur"),
+    ),
+    "coco_object": lambda: dict(
+        mask_threshold=0.5, confidence_threshold=0.3, clipes_threshold=0.5,
+        visual_prompts=("blur", "gray"),
+    ),
+    # Paper θ = 0.2 (the released context.yaml uses 0.25); things blur+circle, stuff blur+gray.
+    "context": lambda: dict(
+        mask_threshold=0.6, confidence_threshold=0.2, clipes_threshold=0.4,
+        visual_prompts=("blur", "circle"), stuff_visual_prompts=("blur", "gray"),
+        mutual_background=True,
+    ),
+    # ViT-B/16 for both stages: about 5x cheaper classifier, the referring configs' backbones.
+    "fast": lambda: dict(
+        classifier_model=PROPOSAL_MODEL, mask_threshold=0.4, confidence_threshold=0.6,
+        clipes_threshold=0.4, visual_prompts=("circle", "blur"),
+    ),
+    "refcoco": lambda: dict(
+        mode="referring", classifier_model=PROPOSAL_MODEL, mask_threshold=0.5,
+        confidence_threshold=0.3, clipes_threshold=0.5, visual_prompts=("circle", "blur"),
+    ),
+    "mini": _mini_preset,
+}  # fmt: skip
