@@ -60,6 +60,9 @@ class CaR:
         self._proposals = None
         self._classifier = None
         self._sam = None
+        #: Benchmarks only: keep the first ``forced_schedule[step]`` live queries at each step
+        #: instead of thresholding (random weights make the real schedule arbitrary).
+        self.forced_schedule: list[int] | None = None
 
     # ------------------------------------------------------------------ models
     @property
@@ -71,26 +74,13 @@ class CaR:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def _torch_dtype(self) -> Any:
-        import torch
-
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-            self.config.dtype
-        ]
-
     @property
     def proposal_backend(self) -> Any:
         """The proposal generator's CLIP (loaded on first access)."""
         if self._proposal_backend is None:
             from cliprnn.clip_backend import ClipBackend
 
-            self._proposal_backend = ClipBackend.load(
-                self.config.proposal_model,
-                device=self.device,
-                dtype=self._torch_dtype(),
-                role="proposal",
-                config=self.config,
-            )
+            self._proposal_backend = ClipBackend.from_config(self.config, role="proposal")
         return self._proposal_backend
 
     @property
@@ -102,13 +92,7 @@ class CaR:
             else:
                 from cliprnn.clip_backend import ClipBackend
 
-                self._classifier_backend = ClipBackend.load(
-                    self.config.classifier_model,
-                    device=self.device,
-                    dtype=self._torch_dtype(),
-                    role="classifier",
-                    config=self.config,
-                )
+                self._classifier_backend = ClipBackend.from_config(self.config, role="classifier")
         return self._classifier_backend
 
     @property
@@ -302,6 +286,9 @@ class CaR:
                 score_matrix, cls_extras = self.classifier.score(prompted, live_names, trace=trace)
             diag = np.diag(score_matrix).astype(np.float32)
             kept_local = [int(j) for j in keep_decisions(diag, cfg.confidence_threshold)]
+            if self.forced_schedule is not None:
+                keep = self.forced_schedule[min(step, len(self.forced_schedule) - 1)]
+                kept_local = list(range(max(1, min(keep, len(live)))))
             if trace:
                 extras = {**extras, **cls_extras, "prompted_images": np.stack(prompted)}
                 traces.append(

@@ -1,4 +1,7 @@
-"""Command line: `python -m cliprnn <command>` (segment, convert, presets, bench-speed, bench-accuracy)."""
+"""Command line: `python -m cliprnn <command>`.
+
+Commands: segment, convert, presets, bench-speed, bench-accuracy.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,12 @@ def _parse_seeds(text: str) -> range:
     try:
         return range(int(start), int(end))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds must look like START:END, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--seeds must look like START:END, got {text!r}"
+        ) from None
 
 
-def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
+def _config_from_args(args: argparse.Namespace):
     from cliprnn.config import CaRConfig
 
     overrides = {}

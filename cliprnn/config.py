@@ -63,6 +63,13 @@ SEMANTIC_TEMPLATES: tuple[str, ...] = (
 #: Names of the visual prompts, in the fixed order the reference applies them.
 VISUAL_PROMPTS: tuple[str, ...] = ("blur", "gray", "black", "circle", "rectangle", "contour")
 
+#: Pascal VOC's 20 classes as the reference queries them (CLIP-ES-style rewrites).
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird avian", "boat", "bottle", "bus", "car", "cat", "chair seat",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person with clothes,people,human",
+    "pottedplant", "sheep", "sofa", "train", "tvmonitor screen",
+)  # fmt: skip
+
 PROPOSAL_MODEL = "openai/clip-vit-base-patch16"
 CLASSIFIER_MODEL = "openai/clip-vit-large-patch14"
 MODES = ("semantic", "referring")
@@ -180,7 +187,8 @@ class CaRConfig:
             unknown = [p for p in getattr(self, name) if p not in VISUAL_PROMPTS]
             if unknown:
                 raise ConfigError(
-                    f"{name}: unknown visual prompt(s) {unknown}; choose from {list(VISUAL_PROMPTS)}"
+                    f"{name}: unknown visual prompt(s) {unknown}; "
+                    f"choose from {list(VISUAL_PROMPTS)}"
                 )
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
@@ -201,17 +209,22 @@ class CaRConfig:
         if self.max_image_side is not None and (
             not isinstance(self.max_image_side, int) or self.max_image_side < 32
         ):
-            raise ConfigError(f"max_image_side must be None or an integer >= 32")
+            raise ConfigError("max_image_side must be None or an integer >= 32")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.affinity_layers < 1 or self.sinkhorn_rounds < 1 or self.cam_input_multiple < 1:
-            raise ConfigError("affinity_layers, sinkhorn_rounds and cam_input_multiple must be >= 1")
+            raise ConfigError(
+                "affinity_layers, sinkhorn_rounds and cam_input_multiple must be >= 1"
+            )
         if self.bg_factor <= 0 or self.stuff_bg_factor <= 0:
             raise ConfigError("bg_factor and stuff_bg_factor must be > 0")
         if self.crf_iterations < 0:
             raise ConfigError("crf_iterations must be >= 0")
-        for name in ("sam_iom_threshold", "sam_iou_threshold", "sam_min_pred_threshold",
-                     "sam_pred_iou_thresh", "sam_stability_score_thresh", "sam_box_nms_thresh"):  # fmt: skip
+        unit_interval = (
+            "sam_iom_threshold", "sam_iou_threshold", "sam_min_pred_threshold",
+            "sam_pred_iou_thresh", "sam_stability_score_thresh", "sam_box_nms_thresh",
+        )  # fmt: skip
+        for name in unit_interval:
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
 

@@ -65,7 +65,7 @@ IMAGE = np.full((H, W, 3), 128, np.uint8)
 
 def test_faithful_always_runs_a_confirmation_step():
     script = [{"cat": 0.9, "dog": 0.8}]
-    car, proposals, classifier = make_car(script)
+    car, _proposals, classifier = make_car(script)
     result = car.segment(IMAGE, ["cat", "dog"])
     # Step 0 keeps both (2 positives vs 0 before), step 1 keeps both again (2 == 2): stop.
     assert result.steps == 2
@@ -81,14 +81,14 @@ def test_faithful_cam_texts_raw_then_templated():
 
 
 def test_clean_mode_uses_one_cam_template_and_stops_when_nothing_dropped():
-    car, proposals, classifier = make_car([{"cat": 0.9, "dog": 0.8}], faithful=False)
+    car, proposals, _classifier = make_car([{"cat": 0.9, "dog": 0.8}], faithful=False)
     result = car.segment(IMAGE, ["cat", "dog"])
     assert result.steps == 1  # the next step would repeat this one exactly
     assert proposals.calls == [["a clean origami cat.", "a clean origami dog."]]
 
 
 def test_clean_mode_without_early_stop_runs_the_confirmation_step():
-    car, _, classifier = make_car(
+    car, _, _classifier = make_car(
         [{"cat": 0.9, "dog": 0.8}], faithful=False, early_stop_clean=False
     )
     assert car.segment(IMAGE, ["cat", "dog"]).steps == 2
@@ -96,7 +96,7 @@ def test_clean_mode_without_early_stop_runs_the_confirmation_step():
 
 def test_drops_below_theta_strictly_and_stops_when_set_is_stable():
     script = [
-        {"cat": 0.7, "dog": 0.6, "sofa": 0.1},  # 0.6 is not > 0.6: dog dropped, sofa dropped
+        {"cat": 0.7, "dog": 0.59, "sofa": 0.1},  # below θ = 0.6: dog and sofa dropped
         {"cat": 0.95},
     ]
     car, _, classifier = make_car(script)
