@@ -1,0 +1,494 @@
+"""One loaded CLIP model (Hugging Face ``CLIPModel``) and the tensor passes CaR needs from it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cliprnn.errors import ConfigError, ModelLoadError
+
+VOCAB_SIZE = 49408
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_TEXT_BATCH = 256
+
+
+@dataclass
+class DenseState:
+    """The image tower's text-independent state for one CAM input."""
+
+    tokens: torch.Tensor  # [1, n+1, D] input of the Grad-CAM block (no grad)
+    affinity: torch.Tensor  # [n, n] head-averaged attention of the last blocks, CLS removed
+    grid_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    cam_layer: int  # index of the Grad-CAM block (0-based, non-negative)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device from a config value ("auto" picks CUDA, then MPS, then CPU)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device: unknown device {device!r}") from exc
+
+
+def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """ToTensor then CLIP mean/std normalisation: [3, H, W] float32."""
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+    x = x.permute(2, 0, 1).to(torch.float32).div(255)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None]
+    return (x - mean) / std
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+        or name.endswith((".safetensors", ".pt", ".pth", ".bin"))
+    )
+
+
+def _hub_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - huggingface_hub always ships with transformers
+        return "the Hugging Face cache"
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+class ClipBackend:
+    """A frozen CLIP model with its tokenizer, computing in fp32 (or autocast on CUDA)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        role: str = "proposal",
+        name: str = "",
+        faithful: bool = True,
+        cache_text: bool = True,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.role = role
+        self.name = name
+        self.faithful = faithful
+        self.cache_text = cache_text
+        vision = model.config.vision_config
+        self.patch_size: int = int(vision.patch_size)
+        self.image_size: int = int(vision.image_size)
+        self.num_layers: int = int(vision.num_hidden_layers)
+        self.context_length: int = int(model.config.text_config.max_position_embeddings)
+        self.eot_token_id: int = int(model.config.text_config.eos_token_id)
+        self._logit_scale = model.logit_scale.detach().float().exp()
+        self.logit_scale: float = float(self._logit_scale)
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._posemb_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        role: str = "proposal",
+        faithful: bool = True,
+        cache_text: bool = True,
+    ) -> ClipBackend:
+        """Load a CLIP by Hugging Face hub name or local ``CLIPModel`` folder.
+
+        Raises ModelLoadError naming the role, the name, where it looked and how to use a local
+        copy. Weights are held in fp32; ``dtype`` float16/bfloat16 means autocast on CUDA.
+        """
+        from transformers import CLIPModel
+
+        name = str(name_or_path)
+        where, folder = cls._locate(name, role)
+        try:
+            model = CLIPModel.from_pretrained(
+                where,
+                attn_implementation="eager",
+                dtype=torch.float32,
+                trust_remote_code=False,
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(cls._load_failure(name, role, folder, exc)) from exc
+        text_vocab = int(model.config.text_config.vocab_size)
+        if text_vocab != VOCAB_SIZE:
+            raise ModelLoadError(
+                f"{role} CLIP model {name!r}: text vocabulary of {text_vocab} tokens; only "
+                f"OpenAI's {VOCAB_SIZE}-token BPE vocabulary is supported"
+            )
+        tokenizer = cls._load_tokenizer(folder, name, role)
+        dev = resolve_device(device)
+        model = model.to(dev).eval().requires_grad_(False)
+        return cls(
+            model,
+            tokenizer,
+            device=dev,
+            dtype=dtype,
+            role=role,
+            name=name,
+            faithful=faithful,
+            cache_text=cache_text,
+        )
+
+    @classmethod
+    def from_config(cls, config: Any, role: str = "proposal") -> ClipBackend:
+        """Load the proposal or classifier model named by a ``CaRConfig``."""
+        if role not in ("proposal", "classifier"):
+            raise ValueError(f"role must be 'proposal' or 'classifier', got {role!r}")
+        name = config.proposal_model if role == "proposal" else config.classifier_model
+        return cls.load(
+            name,
+            device=resolve_device(config.device),
+            dtype=_DTYPES[config.dtype],
+            role=role,
+            faithful=config.faithful,
+            cache_text=config.cache_text,
+        )
+
+    @staticmethod
+    def _locate(name: str, role: str) -> tuple[str, Path | None]:
+        """(what to pass to from_pretrained, the local folder or None for a hub name)."""
+        path = Path(name).expanduser()
+        hint = (
+            "Pass a folder holding a Hugging Face CLIPModel (config.json + model.safetensors), "
+            "or convert an OpenAI checkpoint with "
+            "cliprnn.convert_openai_checkpoint(src, folder)."
+        )
+        if path.exists():
+            path = path.resolve()
+            if path.is_file():
+                raise ModelLoadError(
+                    f"{role} CLIP model {name!r}: {path} is a file, not a model folder. {hint}"
+                )
+            config_file = path / "config.json"
+            if not config_file.is_file():
+                raise ModelLoadError(
+                    f"{role} CLIP model {name!r}: {path} is not a CLIP checkpoint folder "
+                    f"(no config.json). {hint}"
+                )
+            try:
+                model_type = json.loads(config_file.read_text()).get("model_type")
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(
+                    f"{role} CLIP model {name!r}: cannot read {config_file}: {exc}"
+                ) from exc
+            if model_type != "clip":
+                raise ModelLoadError(
+                    f"{role} CLIP model {name!r}: {path} holds a {model_type!r} model, not a "
+                    f"CLIP checkpoint (model_type 'clip'). {hint}"
+                )
+            return str(path), path
+        if _looks_like_path(name):
+            raise ModelLoadError(
+                f"{role} CLIP model {name!r}: local folder {path.resolve()} does not exist. {hint}"
+            )
+        if _offline() and not ClipBackend._hub_cached(name):
+            raise ModelLoadError(
+                f"{role} CLIP model {name!r} is not a local folder and is not in the Hugging "
+                f"Face cache ({_hub_cache_dir()}), and the hub is offline (HF_HUB_OFFLINE). "
+                f"{hint}"
+            )
+        return name, None
+
+    @staticmethod
+    def _hub_cached(name: str) -> bool:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name, "config.json")
+        except Exception:
+            return False
+        return isinstance(found, str)
+
+    @staticmethod
+    def _load_failure(name: str, role: str, folder: Path | None, exc: Exception) -> str:
+        where = str(folder) if folder else f"the Hugging Face hub and cache ({_hub_cache_dir()})"
+        return (
+            f"could not load the {role} CLIP model {name!r} from {where}: "
+            f"{type(exc).__name__}: {exc}. Pass a folder holding a Hugging Face CLIPModel, or "
+            "convert an OpenAI checkpoint with cliprnn.convert_openai_checkpoint(src, folder)."
+        )
+
+    @staticmethod
+    def _load_tokenizer(folder: Path | None, name: str, role: str) -> Any:
+        from transformers import CLIPTokenizer
+
+        from cliprnn.assets import tokenizer_dir
+
+        has_files = folder is not None and all(
+            (folder / f).is_file() for f in ("vocab.json", "merges.txt")
+        )
+        source = folder if has_files else tokenizer_dir()
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(str(source))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{role} CLIP model {name!r}: cannot load the tokenizer from {source}: {exc}"
+            ) from exc
+        if len(tokenizer) != VOCAB_SIZE:
+            raise ModelLoadError(
+                f"{role} CLIP model {name!r}: the tokenizer in {source} has {len(tokenizer)} "
+                f"tokens, not CLIP's {VOCAB_SIZE}; its vocab.json/merges.txt are not the CLIP "
+                "BPE files (remove them to use the bundled tokenizer)"
+            )
+        return tokenizer
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def vision_layers(self) -> Any:
+        """The image tower's encoder blocks (``CLIPEncoderLayer`` list)."""
+        return self.model.vision_model.encoder.layers
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to ``dtype`` on CUDA when a reduced precision is asked; else a no-op."""
+        if self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16):
+            return torch.autocast(device_type="cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """OpenAI ``clip.tokenize`` ids: [n, context] int64, zero after EOT (truncated to fit)."""
+        ids = self.tokenizer(
+            list(texts), truncation=True, max_length=self.context_length, add_special_tokens=True
+        )["input_ids"]
+        out = torch.zeros(len(ids), self.context_length, dtype=torch.long)
+        for row, seq in enumerate(ids):
+            out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return out
+
+    def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
+        text_model = self.model.text_model
+        chunks = []
+        with torch.no_grad(), self.autocast():
+            for start in range(0, len(texts), _TEXT_BATCH):
+                ids = self.tokenize(texts[start : start + _TEXT_BATCH]).to(self.device)
+                pooled = text_model(input_ids=ids).pooler_output
+                chunks.append(_normalise(self.model.text_projection(pooled).float()))
+        return torch.cat(chunks)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings [n, d] (cached per string when ``cache_text``)."""
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.model.config.projection_dim, device=self.device)
+        if not self.cache_text:
+            return self._encode_uncached(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            for text, feature in zip(missing, self._encode_uncached(missing), strict=True):
+                self._text_cache[text] = feature
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def text_ensemble(self, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Per name: mean over templates of normalised embeddings, renormalised ([n, d])."""
+        names, templates = list(names), list(templates)
+        feats = self.encode_text([t.format(n) for n in names for t in templates])
+        feats = feats.view(len(names), len(templates), -1).mean(dim=1)
+        return _normalise(feats)
+
+    # ------------------------------------------------------------------ image tower
+    def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """[1 + gh*gw, D]: CLS kept, patch grid resized bilinearly; fp16-rounded if faithful."""
+        key = (grid_h, grid_w)
+        if key not in self._posemb_cache:
+            weight = self.model.vision_model.embeddings.position_embedding.weight.float()
+            side = round(math.sqrt(weight.shape[0] - 1))
+            patch = weight[1:]
+            if (grid_h, grid_w) != (side, side):
+                grid = patch.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+                grid = F.interpolate(grid, size=key, mode="bilinear", align_corners=False)
+                patch = grid.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)
+            full = torch.cat([weight[:1], patch])
+            if self.faithful:
+                full = full.half().float()
+            self._posemb_cache[key] = full
+        return self._posemb_cache[key]
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + CLS + position embedding, then ``pre_layrnorm``: [B, 1+n, D]."""
+        vision = self.model.vision_model
+        emb = vision.embeddings
+        b, _, h, w = pixel_values.shape
+        p = self.patch_size
+        patches = emb.patch_embedding(pixel_values.to(self.device, torch.float32))
+        patches = patches.flatten(2).transpose(1, 2)
+        cls_token = emb.class_embedding.expand(b, 1, -1)
+        x = torch.cat([cls_token.to(patches.dtype), patches], dim=1)
+        x = x + self.position_embedding(h // p, w // p).to(x.dtype)
+        return vision.pre_layrnorm(x)
+
+    @staticmethod
+    def block(
+        layer: Any, x: torch.Tensor, ln1: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder block; ``ln1`` replaces ``layer_norm1(x)`` (the Grad-CAM activation).
+
+        Returns (output tokens, attention weights [B, heads, T, T]).
+        """
+        h = layer.layer_norm1(x) if ln1 is None else ln1
+        attn_out, weights = layer.self_attn(hidden_states=h, attention_mask=None)
+        x = x + attn_out
+        x = x + layer.mlp(layer.layer_norm2(x))
+        return x, weights
+
+    def dense_pass(
+        self, pixel_values: torch.Tensor, *, cam_layer: int = -1, affinity_layers: int = 8
+    ) -> DenseState:
+        """Run the image tower without gradient for one CAM input.
+
+        Keeps the tokens entering block ``cam_layer`` and the mean over the last
+        ``affinity_layers`` blocks of the head-averaged patch-to-patch attention.
+        """
+        n_layers = self.num_layers
+        if not -n_layers <= cam_layer < n_layers:
+            raise ConfigError(f"cam_layer {cam_layer} is out of range for {n_layers} blocks")
+        cam_index = cam_layer % n_layers
+        first_attn = n_layers - min(affinity_layers, n_layers)
+        h, w = pixel_values.shape[-2:]
+        grid = (h // self.patch_size, w // self.patch_size)
+        tokens = None
+        attn_sum: torch.Tensor | None = None
+        with torch.no_grad(), self.autocast():
+            x = self.embed(pixel_values)
+            for index, layer in enumerate(self.vision_layers):
+                if index == cam_index:
+                    tokens = x
+                if index == n_layers - 1:
+                    # the last block contributes only its attention map
+                    _, weights = layer.self_attn(
+                        hidden_states=layer.layer_norm1(x), attention_mask=None
+                    )
+                else:
+                    x, weights = self.block(layer, x)
+                if index >= first_attn:
+                    head_mean = weights.float().mean(dim=1)[0]
+                    attn_sum = head_mean if attn_sum is None else attn_sum + head_mean
+        assert tokens is not None and attn_sum is not None
+        affinity = (attn_sum / (n_layers - first_attn))[1:, 1:]
+        return DenseState(
+            tokens=tokens.float(),
+            affinity=affinity,
+            grid_hw=grid,
+            input_hw=(int(h), int(w)),
+            cam_layer=cam_index,
+        )
+
+    def cam_head(self, tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Softmax over texts of logit_scale·cos(mean patch token embedding, text): [B, M].
+
+        ``tokens`` are the image tower's output tokens [B, 1+n, D]; ``post_layernorm`` is
+        applied to every token, then the patch tokens are averaged (CLS excluded).
+        """
+        x = self.model.vision_model.post_layernorm(tokens)
+        x = self.model.visual_projection(x[:, 1:].mean(dim=1))
+        x = _normalise(x.float())
+        logits = self._logit_scale.to(x.device) * x @ text_features.to(x.device).t()
+        return logits.softmax(dim=-1)
+
+    # ------------------------------------------------------------------ preprocessing
+    def cam_input(self, image: np.ndarray, multiple: int = 16) -> torch.Tensor:
+        """[1, 3, H', W']: PIL bicubic resize to sides rounded up to ``multiple``, normalised."""
+        h, w = image.shape[:2]
+        new_h, new_w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+        pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+        if (new_w, new_h) != (w, h):
+            pil = pil.resize((new_w, new_h), Image.BICUBIC)
+        return _pil_to_tensor(pil).unsqueeze(0).to(self.device)
+
+    def classifier_input(self, images: Sequence[np.ndarray], crop: str = "center") -> torch.Tensor:
+        """[N, 3, S, S]: OpenAI CLIP preprocessing (short side -> S bicubic, S×S center crop).
+
+        ``crop="pad"`` first pads each image to a square with the CLIP mean colour.
+        """
+        if crop not in ("center", "pad"):
+            raise ConfigError(f"classifier_crop must be 'center' or 'pad', got {crop!r}")
+        size = self.image_size
+        out = []
+        for image in images:
+            pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+            if crop == "pad":
+                pil = _pad_square(pil)
+            w, h = pil.size
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = size, int(size * long / short)
+            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+            if (new_w, new_h) != (w, h):
+                pil = pil.resize((new_w, new_h), Image.BICUBIC)
+            top = round((new_h - size) / 2.0)
+            left = round((new_w - size) / 2.0)
+            pil = pil.crop((left, top, left + size, top + size))
+            out.append(_pil_to_tensor(pil))
+        return torch.stack(out).to(self.device)
+
+    def image_embeddings(self, pixel_values: torch.Tensor, *, truncated: bool) -> torch.Tensor:
+        """L2-normalised image embeddings [N, d] from the CLS token.
+
+        ``truncated=True`` skips the last block (the reference classifier's tower).
+        """
+        stop = self.num_layers - 1 if truncated else self.num_layers
+        vision = self.model.vision_model
+        with torch.no_grad(), self.autocast():
+            x = self.embed(pixel_values)
+            for layer in self.vision_layers[:stop]:
+                x, _ = self.block(layer, x)
+            cls_token = vision.post_layernorm(x[:, 0])
+            feats = self.model.visual_projection(cls_token)
+        return _normalise(feats.float())
+
+
+def _pad_square(pil: Image.Image) -> Image.Image:
+    w, h = pil.size
+    side = max(w, h)
+    if w == h:
+        return pil
+    fill = tuple(round(m * 255) for m in CLIP_MEAN)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(pil.convert("RGB"), ((side - w) // 2, (side - h) // 2))
+    return canvas
