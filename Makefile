@@ -40,7 +40,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 app: install
-	$(PY) scripts/demo.py --app
+	FIFTYONE_PLUGINS_DIR=$(CURDIR)/build/fiftyone-plugins $(VENV)/bin/fiftyone app launch cliprnn-demo --remote -A 127.0.0.1 -p 5151 -w -1
 
 bench-speed: install
 	$(PY) -m cliprnn bench-speed

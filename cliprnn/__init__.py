@@ -27,14 +27,14 @@ __all__ = [
 ]
 
 
-def convert_openai_checkpoint(src, dst_folder):  # noqa: ANN001, ANN201 - thin lazy re-export
+def convert_openai_checkpoint(src, dst_folder):
     """Convert an OpenAI-layout CLIP state dict into a Hugging Face CLIPModel folder."""
     from cliprnn.convert import convert_openai_checkpoint as _convert
 
     return _convert(src, dst_folder)
 
 
-def segment_collection(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - lazy: imports FiftyOne
+def segment_collection(*args, **kwargs):
     """Run CaR over a FiftyOne collection; see :func:`cliprnn.fiftyone.segment_collection`."""
     from cliprnn.fiftyone import segment_collection as _segment_collection
 

@@ -17,7 +17,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(_TMP / "fiftyone-db"))
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
-os.environ.setdefault("FIFTYONE_PLUGINS_DIR", str(REPO_ROOT.parent))
+# A plugins folder holding only a link to this checkout, so FiftyOne finds exactly this plugin.
+(_TMP / "plugins").mkdir()
+(_TMP / "plugins" / "clip-as-rnn").symlink_to(REPO_ROOT, target_is_directory=True)
+os.environ["FIFTYONE_PLUGINS_DIR"] = str(_TMP / "plugins")
+os.environ.setdefault("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS", "true")
 os.environ.setdefault("FIFTYONE_DEFAULT_DATASET_DIR", str(_TMP / "fiftyone-data"))
 
 import pytest  # noqa: E402

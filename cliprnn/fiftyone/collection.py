@@ -1,0 +1,350 @@
+"""Segment every image of a FiftyOne collection with CaR and store the results as label fields."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.utils as fou
+
+from cliprnn.config import CaRConfig
+from cliprnn.errors import CaRError, ConfigError
+from cliprnn.fiftyone import labels as L
+from cliprnn.fiftyone.engine import get_car, resolve_config
+from cliprnn.fiftyone.files import validate_output_dir, write_png_atomic
+from cliprnn.fiftyone.lock import FieldLock
+from cliprnn.fiftyone.queries import assign_values, resolve_queries
+from cliprnn.fiftyone.runs import record_run, record_run_results, run_key_for
+
+DEFAULT_BATCH_SIZE = 8
+
+
+class SampleError(CaRError, RuntimeError):
+    """Segmenting one sample failed and ``skip_failures`` was off; names the sample."""
+
+    def __init__(self, sample_id: str, filepath: str, cause: BaseException) -> None:
+        super().__init__(
+            f"sample {sample_id} ({filepath}) failed: {type(cause).__name__}: {cause}. "
+            "Results of earlier samples are kept; rerun with skip_failures=True to skip failing "
+            "samples, or skip_existing=True to resume"
+        )
+        self.sample_id = sample_id
+        self.filepath = filepath
+        self.cause = cause
+
+
+@dataclass
+class Progress:
+    """How far a run has got: samples done (written or failed) out of ``total``."""
+
+    done: int
+    total: int
+    failed: int
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    @property
+    def label(self) -> str:
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"Segmented {self.done}/{self.total} samples{failed}"
+
+
+@dataclass
+class RunSummary:
+    """What a run did: fields written, classes, counts, and the first errors."""
+
+    label_field: str
+    fields: list[str]
+    mask_targets: dict[int, str]
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (sample id, message), first 20
+    seconds: float = 0.0
+    run_key: str = ""
+    output_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (mask_targets keys as strings)."""
+        out = asdict(self)
+        out["mask_targets"] = {str(k): v for k, v in self.mask_targets.items()}
+        out["errors"] = [list(e) for e in self.errors]
+        return out
+
+
+class SegmentationRun:
+    """A validated run over a collection. Everything that can be checked without touching a
+    sample (parameters, fields, output folder, models) is checked in the constructor."""
+
+    def __init__(
+        self,
+        sample_collection: fo.core.collections.SampleCollection,
+        queries: Sequence[str] | str | None = None,
+        classes_from: str | None = None,
+        label_field: str = "car",
+        config: CaRConfig | str | Mapping[str, Any] | None = None,
+        outputs: Sequence[str] = ("segmentation",),
+        output_dir: str | None = None,
+        overwrite: bool = False,
+        skip_existing: bool = False,
+        skip_failures: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        allow_media_dir: bool = False,
+        num_workers: int = 2,
+        classes: Sequence[str] | None = None,
+        **config_overrides: Any,
+    ) -> None:
+        coll = sample_collection
+        self.collection = coll
+        self.dataset = coll._root_dataset
+        _check_collection(coll)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if isinstance(outputs, str):
+            outputs = [outputs]
+        self.outputs = list(dict.fromkeys(outputs))
+        self.config = resolve_config(config, **config_overrides)
+        resolved = resolve_queries(coll, queries, classes_from, classes)
+        self.queries = resolved.queries
+        self.classes_from = resolved.source
+        L.check_field_name(label_field)
+
+        existing = self.dataset.mask_targets.get(label_field) if not overwrite else None
+        self.values = assign_values(self.queries, resolved.source_values, existing)
+        self.fields = L.output_fields(label_field, self.outputs, self.values)
+        self._check_fields(overwrite, skip_existing)
+        self.mask_targets = {
+            **{int(k): v for k, v in (existing or {}).items()},
+            **{v: q for q, v in self.values.items()},
+        }
+        self.dtype = L.mask_dtype(max(self.mask_targets))
+        self.overwrite, self.skip_existing = overwrite, skip_existing
+        self.skip_failures = skip_failures
+        self.batch_size, self.num_workers = batch_size, max(0, int(num_workers))
+
+        todo = coll.exists(self.fields.primary, False) if skip_existing else coll
+        self.ids, self.paths = todo.values(["id", "filepath"])
+        self.skipped = coll.count() - len(self.ids) if skip_existing else 0
+
+        self.output_dir: Path | None = None
+        if output_dir:
+            media = self.paths or coll.values("filepath")
+            root = validate_output_dir(output_dir, media, allow_media_dir)
+            self.output_dir = root / label_field
+        elif self.fields.heatmaps:
+            root = Path(fo.config.default_dataset_dir) / "cliprnn" / str(self.dataset._doc.id)
+            self.output_dir = validate_output_dir(root, (), True) / label_field
+        self.car = get_car(self.config)
+        self.summary = RunSummary(
+            label_field,
+            self.fields.all(),
+            dict(sorted(self.mask_targets.items())),
+            skipped=self.skipped,
+            run_key=run_key_for(label_field),
+            output_dir=str(self.output_dir) if self.output_dir else None,
+        )
+
+    def _check_fields(self, overwrite: bool, skip_existing: bool) -> None:
+        schema = self.dataset.get_field_schema()
+        wanted = {
+            self.fields.segmentation: fo.Segmentation,
+            self.fields.detections: fo.Detections,
+            **{f: fo.Heatmap for f in self.fields.heatmaps.values()},
+        }
+        for name, cls in wanted.items():
+            if name is None or name not in schema:
+                continue
+            doc_type = getattr(schema[name], "document_type", None)
+            if doc_type is not cls:
+                raise ConfigError(
+                    f"field '{name}' exists and holds {getattr(doc_type, '__name__', doc_type)}, "
+                    f"not {cls.__name__}; choose another label_field"
+                )
+            if not overwrite and not skip_existing:
+                raise ConfigError(
+                    f"field '{name}' already exists; pass overwrite=True to replace it, or "
+                    "skip_existing=True to fill only the samples that lack it"
+                )
+
+    def __iter__(self) -> Iterator[Progress]:
+        """Segment the samples batch by batch, writing each batch before yielding progress."""
+        start = time.perf_counter()
+        total = len(self.ids)
+        lock = FieldLock(str(self.dataset._doc.id), self.dataset.name, self.fields.label_field)
+        with lock:
+            self._prepare_dataset()
+            record_run(self.collection, self)
+            done = 0
+            with ThreadPoolExecutor(max_workers=max(1, self.num_workers)) as pool:
+                futures = self._prefetch(pool, 0)
+                for lo in range(0, total, self.batch_size):
+                    hi = min(lo + self.batch_size, total)
+                    nxt = self._prefetch(pool, hi)
+                    self._run_batch(lo, hi, futures)
+                    futures = nxt
+                    done = hi
+                    lock.refresh()
+                    self.summary.seconds = time.perf_counter() - start
+                    yield Progress(done, total, self.summary.failed)
+            self.summary.seconds = time.perf_counter() - start
+            record_run_results(self.collection, self)
+
+    def run(self, progress: bool | Callable[[Progress], Any] | None = None) -> RunSummary:
+        """Run to the end; ``progress`` is True/None for a progress bar (FiftyOne's default
+        setting), False for none, or a callable receiving each Progress."""
+        if callable(progress):
+            for p in self:
+                progress(p)
+            return self.summary
+        with fou.ProgressBar(total=len(self.ids), progress=progress) as pb:
+            last = 0
+            for p in self:
+                pb.update(p.done - last)
+                last = p.done
+        return self.summary
+
+    def _prefetch(self, pool: ThreadPoolExecutor, lo: int) -> list[Future]:
+        from cliprnn.imageio import load_image
+
+        hi = min(lo + self.batch_size, len(self.paths))
+        return [pool.submit(load_image, p) for p in self.paths[lo:hi]]
+
+    def _run_batch(self, lo: int, hi: int, futures: list[Future]) -> None:
+        labels: dict[str, dict[str, Any]] = {f: {} for f in self.fields.all()}
+        errors: dict[str, str | None] = {}
+        try:
+            for sid, path, fut in zip(self.ids[lo:hi], self.paths[lo:hi], futures, strict=True):
+                try:
+                    result = self.car.segment(fut.result(), self.queries)
+                    self._labels_for(sid, result, labels)
+                    errors[sid] = None
+                except Exception as e:
+                    if not self.skip_failures:
+                        raise SampleError(sid, path, e) from e
+                    self.summary.failed += 1
+                    msg = f"{type(e).__name__}: {e}"
+                    errors[sid] = msg
+                    if len(self.summary.errors) < 20:
+                        self.summary.errors.append((sid, msg))
+                    for f in self.fields.all():
+                        labels[f][sid] = None
+        finally:
+            self._write(labels, errors)
+        self.summary.processed += sum(v is None for v in errors.values())
+
+    def _labels_for(self, sid: str, result: Any, labels: dict[str, dict[str, Any]]) -> None:
+        f = self.fields
+        if f.segmentation:
+            path = None
+            if self.output_dir is not None:
+                mask = L.semantic_mask(result, self.values, self.dtype)
+                path = write_png_atomic(mask, self.output_dir / "masks" / f"{sid}.png")
+            labels[f.segmentation][sid] = L.segmentation_label(
+                result, self.values, self.dtype, mask_path=path
+            )
+        if f.detections:
+            labels[f.detections][sid] = L.detections_label(result, self.values)
+        if f.heatmaps:
+            maps = L.heatmap_arrays(result)
+            for q, name in f.heatmaps.items():
+                if q not in maps:
+                    labels[name][sid] = None
+                    continue
+                p = self.output_dir / "heatmaps" / f"{sid}_{self.values[q]}.png"
+                labels[name][sid] = fo.Heatmap(
+                    map_path=write_png_atomic(maps[q], p), range=[0, 255], query=q
+                )
+
+    def _write(self, labels: dict[str, dict[str, Any]], errors: dict[str, str | None]) -> None:
+        for name, values in labels.items():
+            if values:
+                self.dataset.set_values(name, values, key_field="id")
+        if errors and (any(errors.values()) or self.dataset.has_field(self.fields.error)):
+            self.dataset.set_values(self.fields.error, errors, key_field="id")
+
+    def _prepare_dataset(self) -> None:
+        """Declare the output fields (a batch may hold only None) and record mask targets."""
+        ds = self.dataset
+        f = self.fields
+        types = {
+            f.segmentation: fo.Segmentation,
+            f.detections: fo.Detections,
+            **{name: fo.Heatmap for name in f.heatmaps.values()},
+        }
+        for name, cls in types.items():
+            if name and not ds.has_field(name):
+                ds.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=cls)
+        if self.fields.segmentation:
+            ds.mask_targets = {**ds.mask_targets, self.fields.segmentation: self.mask_targets}
+        if self.fields.detections:
+            ds.classes = {**ds.classes, self.fields.detections: list(self.queries)}
+        ds.save()
+
+
+def _check_collection(coll: fo.core.collections.SampleCollection) -> None:
+    if coll.media_type != "image":
+        raise ConfigError(
+            f"CaR segments images; this collection's media type is '{coll.media_type}'"
+            + (" (select one group slice first)" if coll.media_type == "group" else "")
+        )
+    if getattr(coll, "_is_patches", False) or getattr(coll, "_is_frames", False):
+        raise ConfigError("CaR segments whole images; run it on the dataset, not a patches view")
+
+
+def segment_collection(
+    sample_collection: fo.core.collections.SampleCollection,
+    queries: Sequence[str] | str | None = None,
+    classes_from: str | None = None,
+    label_field: str = "car",
+    config: CaRConfig | str | Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+    skip_failures: bool = False,
+    outputs: Sequence[str] = ("segmentation",),
+    output_dir: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool | Callable[[Progress], Any] | None = None,
+    **kwargs: Any,
+) -> RunSummary:
+    """Segment every image of ``sample_collection`` for the given text queries with CaR.
+
+    Queries are the classes of ``classes_from`` (``"mask_targets:FIELD"``, ``"classes:FIELD"``,
+    ``"labels:FIELD"``, ``"default_mask_targets"``, ``"default_classes"``) followed by
+    ``queries``. ``config`` is a CaRConfig or a preset name (``"voc"``, ``"mini"``...); extra
+    keyword arguments override its fields. ``outputs`` chooses among ``"segmentation"``
+    (``label_field``, uint8 mask, 0 = background), ``"detections"`` (``<label_field>_det``,
+    editable instance masks with scores) and ``"heatmaps"`` (``<label_field>_heat_<query>``,
+    PNGs under ``output_dir``). Results are written in batches, so an interrupted run keeps
+    what it finished; rerun with ``skip_existing=True`` to complete it.
+
+    Example::
+
+        import fiftyone.zoo as foz
+        from cliprnn.fiftyone import segment_collection
+
+        ds = foz.load_zoo_dataset("quickstart")
+        segment_collection(ds.take(10), ["person", "dog", "car"], label_field="car",
+                           config="voc")
+    """
+    run = SegmentationRun(
+        sample_collection,
+        queries,
+        classes_from,
+        label_field,
+        config,
+        outputs,
+        output_dir,
+        overwrite,
+        skip_existing,
+        skip_failures,
+        batch_size,
+        **kwargs,
+    )
+    return run.run(progress)

@@ -1,0 +1,150 @@
+"""Turn one CaRResult into FiftyOne labels: a semantic mask, instance masks, confidence maps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import fiftyone as fo
+import numpy as np
+
+from cliprnn.result import CaRResult
+
+OUTPUT_TYPES = ("segmentation", "detections", "heatmaps")
+_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_RESERVED = {"id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at"}
+
+
+def mask_dtype(max_value: int) -> type[np.unsignedinteger]:
+    """uint8 while every value fits (the App renders it); uint16 above 255 classes."""
+    if max_value <= 255:
+        return np.uint8
+    if max_value <= 65535:
+        return np.uint16
+    raise ValueError(f"at most 65535 classes fit a mask, got a value of {max_value}")
+
+
+def check_field_name(name: str, what: str = "label_field") -> str:
+    """Return ``name`` if it can be a new top-level field; raise ConfigError naming it if not."""
+    from cliprnn.errors import ConfigError
+
+    if not isinstance(name, str) or not _FIELD_NAME.match(name) or name in _RESERVED:
+        raise ConfigError(
+            f"{what} must start with a letter and hold only letters, digits and '_' "
+            f"(and not be one of {sorted(_RESERVED)}), got {name!r}"
+        )
+    return name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40]
+
+
+@dataclass(frozen=True)
+class OutputFields:
+    """Names of every field a run writes, derived from ``label_field``."""
+
+    label_field: str
+    segmentation: str | None
+    detections: str | None
+    heatmaps: dict[str, str]  # query -> field
+    error: str
+
+    @property
+    def primary(self) -> str:
+        """The field whose presence marks a sample as done (for skip_existing)."""
+        return self.segmentation or self.detections or next(iter(self.heatmaps.values()))
+
+    def all(self) -> list[str]:
+        """Every label field (not the error field)."""
+        names = [self.segmentation, self.detections, *self.heatmaps.values()]
+        return [n for n in names if n]
+
+
+def output_fields(
+    label_field: str, outputs: Sequence[str], values: Mapping[str, int]
+) -> OutputFields:
+    """Field names: ``label_field`` for the semantic mask (or the first output asked for),
+    ``<label_field>_det`` for instance masks, ``<label_field>_heat_<query>`` per heatmap."""
+    from cliprnn.errors import ConfigError
+
+    check_field_name(label_field)
+    unknown = [o for o in outputs if o not in OUTPUT_TYPES]
+    if unknown or not outputs:
+        raise ConfigError(f"outputs must be a non-empty subset of {list(OUTPUT_TYPES)}: {outputs}")
+    seg = label_field if "segmentation" in outputs else None
+    det = None
+    if "detections" in outputs:
+        det = f"{label_field}_det" if seg else label_field
+    heat: dict[str, str] = {}
+    if "heatmaps" in outputs:
+        used: set[str] = set()
+        for query, value in values.items():
+            name = f"{label_field}_heat_{_slug(query) or value}"
+            if name in used:
+                name = f"{name}_{value}"
+            used.add(name)
+            heat[query] = name
+    return OutputFields(label_field, seg, det, heat, f"{label_field}_error")
+
+
+def value_lut(result: CaRResult, values: Mapping[str, int]) -> np.ndarray:
+    """Lookup table from the engine's label values (i + 1 = queries[i]) to stored values."""
+    lut = np.zeros(len(result.queries) + 1, dtype=np.int64)
+    for i, q in enumerate(result.queries):
+        lut[i + 1] = values[q]
+    return lut
+
+
+def semantic_mask(result: CaRResult, values: Mapping[str, int], dtype: type) -> np.ndarray:
+    """The label map with each query's stored value, in ``dtype``."""
+    return value_lut(result, values)[result.label_map].astype(dtype)
+
+
+def run_attributes(result: CaRResult) -> dict:
+    """What each label records about the recurrence: queries, scores, kept, dropped, steps."""
+    return dict(
+        queries=list(result.queries),
+        scores=[round(float(s), 6) for s in result.scores],
+        kept=list(result.kept),
+        dropped=list(result.dropped),
+        steps=int(result.steps),
+    )
+
+
+def segmentation_label(
+    result: CaRResult, values: Mapping[str, int], dtype: type, mask_path: str | None = None
+) -> fo.Segmentation:
+    """A ``Segmentation`` (mask in the database, or ``mask_path`` when written to disk)."""
+    attrs = run_attributes(result)
+    if mask_path is not None:
+        return fo.Segmentation(mask_path=mask_path, **attrs)
+    return fo.Segmentation(mask=semantic_mask(result, values, dtype), **attrs)
+
+
+def detections_label(result: CaRResult, values: Mapping[str, int]) -> fo.Detections:
+    """One ``Detection`` per kept query that owns pixels in the label map, confidence = score."""
+    dets = []
+    for i, q in enumerate(result.queries):
+        if q not in result.kept:
+            continue
+        mask = result.label_map == i + 1
+        if not mask.any():
+            continue
+        det = fo.Detection.from_mask(mask, label=q, confidence=float(result.scores[i]))
+        det["value"] = int(values[q])
+        dets.append(det)
+    return fo.Detections(detections=dets)
+
+
+def heatmap_arrays(result: CaRResult) -> dict[str, np.ndarray]:
+    """uint8 confidence map (0..255) per kept query, from the final soft masks."""
+    if result.soft_masks is None:
+        return {}
+    out = {}
+    for i, q in enumerate(result.queries):
+        if q in result.kept:
+            soft = np.clip(np.nan_to_num(result.soft_masks[i]), 0.0, 1.0)
+            out[q] = np.round(soft * 255.0).astype(np.uint8)
+    return out

@@ -1,0 +1,1 @@
+"""Operators of the ``@cliprnn/clip-as-rnn`` plugin: thin adapters over cliprnn.fiftyone."""

@@ -1,0 +1,71 @@
+"""Form helpers shared by the plugin's operators."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import fiftyone.operators.types as types
+
+#: Above this many samples the forms recommend delegated execution (CaR is seconds per image).
+DELEGATE_ABOVE = 50
+
+
+def cliprnn_missing() -> str | None:
+    """A message when the cliprnn package cannot be imported here, else None."""
+    try:
+        import cliprnn.fiftyone  # noqa: F401
+    except ImportError as e:
+        return (
+            f"The cliprnn package is not installed in FiftyOne's Python environment ({e}). "
+            "Install it with `pip install <path to this plugin>` (see the plugin README)."
+        )
+    return None
+
+
+def choices_view(view_cls: type, values: Iterable[str], labels: dict | None = None, **kw):
+    """A Choices-like view (Dropdown, Autocomplete, RadioGroup) listing ``values``."""
+    view = view_cls(**kw)
+    for v in values:
+        view.add_choice(v, label=(labels or {}).get(v, v))
+    return view
+
+
+def fail(inputs: types.Object, name: str, message: str) -> None:
+    """Show an error in the form and disable Execute."""
+    prop = inputs.view(name, types.Error(label=message))
+    prop.invalid = True
+    prop.error_message = message
+
+
+def delegation_inputs(ctx, inputs: types.Object, count: int) -> None:
+    """The ``delegate`` switch, with a recommendation for large targets."""
+    inputs.bool(
+        "delegate",
+        default=count > DELEGATE_ABOVE,
+        label="Delegate execution?",
+        description="Queue the run for a delegated-operations worker "
+        "(`fiftyone delegated launch`) instead of running it now",
+        view=types.CheckboxView(),
+    )
+    if count > DELEGATE_ABOVE and not ctx.params.get("delegate", True):
+        inputs.view(
+            "delegate_warning",
+            types.Warning(
+                label=f"{count} samples: consider delegating; runs in the App stop after "
+                "FIFTYONE_OPERATOR_TIMEOUT (600 s by default)"
+            ),
+        )
+
+
+def segmentation_fields(dataset) -> list[str]:
+    """Top-level Segmentation fields of ``dataset``."""
+    import fiftyone as fo
+
+    return sorted(dataset.get_field_schema(embedded_doc_type=fo.Segmentation))
+
+
+def detections_fields(dataset) -> list[str]:
+    """Top-level Detections fields of ``dataset``."""
+    import fiftyone as fo
+
+    return sorted(dataset.get_field_schema(embedded_doc_type=fo.Detections))

@@ -1,0 +1,398 @@
+"""Operator ``segment``: run CLIP as RNN on a dataset, a view or selected samples."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from .common import (
+    DELEGATE_ABOVE,
+    choices_view,
+    cliprnn_missing,
+    delegation_inputs,
+    fail,
+)
+
+PRESET_LABELS = {
+    "voc": "Pascal VOC (paper): ViT-B/16 proposals, ViT-L/14 classifier",
+    "coco_object": "COCO-Object (paper)",
+    "context": "Pascal Context (paper; things and stuff)",
+    "fast": "Fast: ViT-B/16 for both stages",
+    "refcoco": "Referring expressions (RefCOCO settings)",
+    "mini": "Bundled miniature CLIP (offline, for demos and tests)",
+}
+OUTPUT_LABELS = {
+    "segmentation": "Semantic mask (Segmentation)",
+    "detections": "Editable instance masks (Detections, with scores)",
+    "heatmaps": "Per-query confidence maps (Heatmap files)",
+}
+#: Advanced form fields: CaRConfig field -> (kind, label). Their names are also SDK kwargs.
+ADVANCED = {
+    "proposal_model": ("str", "Proposal CLIP (Hugging Face name or local folder)"),
+    "classifier_model": ("str", "Classifier CLIP (Hugging Face name or local folder)"),
+    "mask_threshold": ("float", "η: proposal binarisation threshold"),
+    "confidence_threshold": ("float", "θ: drop queries scoring at or below this"),
+    "clipes_threshold": ("float", "λ: CLIP-ES box threshold"),
+    "visual_prompts": ("prompts", "Visual prompts"),
+    "background_words": ("words", "Background words (comma separated)"),
+    "crf": ("bool", "Dense CRF post-processing"),
+    "sam_checkpoint": ("str", "SAM checkpoint file (optional refinement)"),
+    "mode": ("mode", "Mode"),
+    "device": ("device", "Device"),
+}
+
+
+class Segment(foo.Operator):
+    """Segment images for text queries with CLIP as RNN (CaR)."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="segment",
+            label="Segment with text (CLIP as RNN)",
+            description="Open-vocabulary semantic segmentation for the dataset's classes or "
+            "free-text queries",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            icon="format_paint",
+        )
+
+    def resolve_placement(self, ctx):
+        return types.Placement(
+            types.Places.SAMPLES_GRID_SECONDARY_ACTIONS,
+            types.Button(label="Segment with text (CLIP as RNN)", icon="format_paint", prompt=True),
+        )
+
+    def resolve_delegation(self, ctx):
+        return True if ctx.params.get("delegate") else None
+
+    def resolve_execution_options(self, ctx):
+        return foo.ExecutionOptions(
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=bool(ctx.params.get("delegate")),
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        missing = cliprnn_missing()
+        if missing:
+            fail(inputs, "missing", missing)
+            return types.Property(inputs, view=types.View(label="Segment with text"))
+        target = inputs.view_target(ctx, action_description="Segment", allow_selected_samples=True)
+        count = ctx.target_view().count()
+        _query_inputs(ctx, inputs)
+        _model_inputs(ctx, inputs)
+        _output_inputs(ctx, inputs)
+        delegation_inputs(ctx, inputs, count)
+        del target
+        return types.Property(inputs, view=types.View(label="Segment with text (CLIP as RNN)"))
+
+    def execute(self, ctx):
+        from cliprnn.fiftyone.collection import SegmentationRun
+
+        run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params))
+        if ctx.delegated:
+            for p in run:
+                ctx.set_progress(progress=p.fraction, label=p.label)
+            return
+        for p in run:
+            yield ctx.trigger("set_progress", dict(progress=p.fraction, label=p.label))
+        s = run.summary
+        yield ctx.trigger("reload_dataset")
+        yield ctx.ops.set_active_fields(fields=s.fields)
+        failed = f", {s.failed} failed (see field '{run.fields.error}')" if s.failed else ""
+        yield ctx.ops.notify(
+            f"Segmented {s.processed} sample{'s' * (s.processed != 1)} into "
+            f"'{s.label_field}'{failed}",
+            variant="warning" if s.failed else "success",
+        )
+
+    def __call__(
+        self,
+        sample_collection: Any,
+        queries: list[str] | None = None,
+        classes_from: str | None = None,
+        label_field: str = "car",
+        preset: str = "voc",
+        outputs: tuple[str, ...] | list[str] = ("segmentation",),
+        output_dir: str | None = None,
+        overwrite: bool = False,
+        skip_existing: bool = False,
+        skip_failures: bool = False,
+        batch_size: int = 8,
+        classes: list[str] | None = None,
+        delegate: bool = False,
+        delegation_target: str | None = None,
+        **advanced: Any,
+    ) -> Any:
+        """Segment ``sample_collection`` with CaR; the same work as the App form.
+
+        ``queries`` are free-text queries; ``classes_from`` names a class list of the dataset
+        (``"mask_targets:FIELD"``, ``"classes:FIELD"``, ``"labels:FIELD"``,
+        ``"default_mask_targets"``, ``"default_classes"``), optionally narrowed by ``classes``.
+        ``preset`` is a CaRConfig preset; ``advanced`` keyword arguments override its fields
+        (``proposal_model``, ``classifier_model``, ``mask_threshold``,
+        ``confidence_threshold``, ``clipes_threshold``, ``visual_prompts``,
+        ``background_words``, ``crf``, ``sam_checkpoint``, ``mode``, ``device``).
+
+        Immediate runs are limited to ``FIFTYONE_OPERATOR_TIMEOUT`` seconds (600 by default);
+        for large collections pass ``delegate=True`` or call
+        :func:`cliprnn.fiftyone.segment_collection`. In a notebook, ``await`` the result.
+
+        Example usage::
+
+            import fiftyone as fo
+            import fiftyone.operators as foo
+
+            segment = foo.get_operator("@cliprnn/clip-as-rnn/segment")
+            segment(dataset.take(5), queries=["cat", "dog"], label_field="car", preset="voc")
+            segment(dataset, classes_from="mask_targets:ground_truth", delegate=True)
+        """
+        import fiftyone as fo
+
+        unknown = sorted(set(advanced) - set(ADVANCED))
+        if unknown:
+            raise TypeError(f"unknown arguments {unknown}; advanced settings are {list(ADVANCED)}")
+        ctx = (
+            dict(view=sample_collection)
+            if isinstance(sample_collection, fo.DatasetView)
+            else dict(dataset=sample_collection)
+        )
+        params = dict(
+            queries=list(queries or []),
+            classes_from=classes_from or "",
+            label_field=label_field,
+            preset=preset,
+            outputs=list(outputs),
+            output_dir=output_dir or "",
+            overwrite=overwrite,
+            skip_existing=skip_existing,
+            skip_failures=skip_failures,
+            batch_size=batch_size,
+            delegate=delegate,
+            advanced=bool(advanced),
+        )
+        if classes is not None:
+            params["classes"] = list(classes)
+        for name, value in advanced.items():
+            params[name] = ", ".join(value) if name == "background_words" else value
+        return foo.execute_operator(
+            self.uri,
+            ctx,
+            params=params,
+            request_delegation=delegate,
+            delegation_target=delegation_target,
+        )
+
+
+def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """SegmentationRun keyword arguments from the form's (or the SDK's) params."""
+    kwargs: dict[str, Any] = dict(
+        queries=params.get("queries") or [],
+        classes_from=params.get("classes_from") or None,
+        label_field=params.get("label_field") or "car",
+        config=params.get("preset") or "voc",
+        outputs=params.get("outputs") or ["segmentation"],
+        output_dir=params.get("output_dir") or None,
+        overwrite=bool(params.get("overwrite")),
+        skip_existing=bool(params.get("skip_existing")),
+        skip_failures=bool(params.get("skip_failures")),
+        batch_size=int(params.get("batch_size") or 8),
+    )
+    if kwargs["classes_from"] and params.get("classes") is not None:
+        kwargs["classes"] = params["classes"]
+    if params.get("advanced"):
+        for name in ADVANCED:
+            value = params.get(name)
+            if value is None or value == "":
+                continue
+            if name == "background_words" and isinstance(value, str):
+                value = [w.strip() for w in value.split(",") if w.strip()]
+            kwargs[name] = value
+    return kwargs
+
+
+def _query_inputs(ctx, inputs: types.Object) -> None:
+    from cliprnn.errors import CaRError
+    from cliprnn.fiftyone.queries import class_sources, source_classes
+
+    sources = class_sources(ctx.dataset)
+    if sources:
+        inputs.enum(
+            "classes_from",
+            ["", *sources],
+            default="",
+            label="Classes from the dataset",
+            description="Use a class list of this dataset as queries",
+            view=choices_view(
+                types.DropdownView, ["", *sources], {"": "(none: free text only)", **sources}
+            ),
+        )
+    spec = ctx.params.get("classes_from")
+    if spec:
+        try:
+            names, _ = source_classes(ctx.dataset, spec)
+        except CaRError as e:
+            fail(inputs, "classes_error", str(e))
+            names = []
+        if names:
+            inputs.list(
+                "classes",
+                types.String(),
+                default=names,
+                label="Classes",
+                description="Pre-filled from the dataset; remove the ones to skip",
+                view=choices_view(
+                    types.AutocompleteView, names, multiple=True, allow_user_input=False
+                ),
+            )
+    inputs.list(
+        "queries",
+        types.String(),
+        default=[],
+        label="Text queries",
+        description="Free-text queries (type one, press Enter)",
+        view=types.AutocompleteView(multiple=True, allow_user_input=True),
+    )
+    chosen = [*(ctx.params.get("classes") or []), *(ctx.params.get("queries") or [])]
+    if spec and ctx.params.get("classes") is None:
+        chosen = ["(source classes)"]
+    if not chosen:
+        fail(inputs, "queries_error", "Give at least one query or choose classes")
+
+
+def _model_inputs(ctx, inputs: types.Object) -> None:
+    from cliprnn.config import PRESETS, VISUAL_PROMPTS, CaRConfig
+    from cliprnn.errors import CaRError
+
+    presets = [p for p in PRESET_LABELS if p in PRESETS]
+    inputs.enum(
+        "preset",
+        presets,
+        default="voc",
+        label="Preset",
+        description="Paper settings per dataset; models download on first use",
+        view=choices_view(types.DropdownView, presets, PRESET_LABELS),
+    )
+    inputs.bool("advanced", default=False, label="Advanced settings", view=types.SwitchView())
+    inputs.int(
+        "batch_size",
+        default=8,
+        min=1,
+        label="Batch size",
+        description="Samples decoded ahead and written per batch",
+    )
+    preset = ctx.params.get("preset") or "voc"
+    try:
+        base = CaRConfig.preset(preset)
+    except CaRError as e:
+        fail(inputs, "preset_error", str(e))
+        return
+    if not ctx.params.get("advanced"):
+        return
+    for name, (kind, label) in ADVANCED.items():
+        default = getattr(base, name)
+        if kind == "str":
+            inputs.str(name, default=default or "", label=label)
+        elif kind == "float":
+            inputs.float(name, default=default, min=0.0, max=1.0, label=label)
+        elif kind == "bool":
+            inputs.bool(name, default=default, label=label)
+        elif kind == "prompts":
+            inputs.list(
+                name,
+                types.String(),
+                default=list(default),
+                label=label,
+                view=choices_view(types.DropdownView, VISUAL_PROMPTS, multiple=True),
+            )
+        elif kind == "words":
+            inputs.str(name, default=", ".join(default), label=label)
+        elif kind == "mode":
+            inputs.enum(
+                name,
+                ["semantic", "referring"],
+                default=default,
+                label=label,
+                view=types.RadioGroup(),
+            )
+        elif kind == "device":
+            devices = ["auto", "cpu", "cuda", "mps"]
+            inputs.enum(
+                name,
+                devices,
+                default=default if default in devices else "auto",
+                label=label,
+                view=types.DropdownView(),
+            )
+    try:
+        kwargs = run_kwargs({**ctx.params, "advanced": True})
+        overrides = {k: kwargs[k] for k in ADVANCED if k in kwargs}
+        if overrides.get("sam_checkpoint"):
+            from pathlib import Path
+
+            if not Path(overrides["sam_checkpoint"]).is_file():
+                raise CaRError(f"SAM checkpoint {overrides['sam_checkpoint']!r} is not a file")
+        CaRConfig.preset(preset, **overrides)
+    except (CaRError, TypeError, ValueError) as e:
+        fail(inputs, "config_error", str(e))
+
+
+def _output_inputs(ctx, inputs: types.Object) -> None:
+    from cliprnn.errors import CaRError
+    from cliprnn.fiftyone.labels import OUTPUT_TYPES, check_field_name
+
+    inputs.str("label_field", default="car", required=True, label="Output field")
+    inputs.list(
+        "outputs",
+        types.String(),
+        default=["segmentation"],
+        label="Outputs",
+        view=choices_view(types.DropdownView, OUTPUT_TYPES, OUTPUT_LABELS, multiple=True),
+    )
+    inputs.str(
+        "output_dir",
+        default="",
+        label="Output directory (optional)",
+        description="Absolute folder for mask and heatmap PNGs; masks stay in the "
+        "database when empty",
+    )
+    inputs.bool("overwrite", default=False, label="Overwrite an existing field")
+    inputs.bool("skip_existing", default=False, label="Skip samples that already have it")
+    inputs.bool("skip_failures", default=False, label="Skip (and record) failing samples")
+    output_dir = ctx.params.get("output_dir") or ""
+    if output_dir and not os.path.isabs(os.path.expanduser(output_dir)):
+        fail(inputs, "output_dir_error", f"Output directory must be absolute: {output_dir!r}")
+    field = ctx.params.get("label_field") or "car"
+    try:
+        check_field_name(field)
+    except CaRError as e:
+        fail(inputs, "label_field_error", str(e))
+        return
+    if ctx.dataset.has_field(field):
+        msg = f"Field '{field}' exists."
+        if ctx.params.get("overwrite") or ctx.params.get("skip_existing"):
+            inputs.view("label_field_warning", types.Warning(label=msg))
+        else:
+            fail(
+                inputs,
+                "label_field_error",
+                f"{msg} Tick 'Overwrite' or 'Skip samples that already have it'.",
+            )
+    if not ctx.dataset.persistent:
+        inputs.view(
+            "persistent_notice",
+            types.Notice(
+                label="This dataset is not persistent: delegated runs of it are lost when the "
+                "App closes"
+            ),
+        )
+
+
+__all__ = ["DELEGATE_ABOVE", "Segment", "run_kwargs"]

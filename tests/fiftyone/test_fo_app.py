@@ -1,0 +1,286 @@
+"""The plugin inside a real FiftyOne App server: its operator listing, forms and generator
+execution over HTTP, and (marker ``e2e``) the operator browser in headless Chromium, which
+also takes the README screenshots."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.fiftyone, pytest.mark.slow]
+
+URI = "@cliprnn/clip-as-rnn"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHOTS = REPO_ROOT / "docs" / "images"
+CHROMIUM = "/usr/bin/chromium"
+QUERIES = ["red circle", "blue square"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(base: str, path: str, body: dict, timeout: float = 120) -> bytes:
+    req = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+@pytest.fixture(scope="module")
+def app_dataset(tmp_root: Path):
+    """A persistent dataset of four 128×128 scenes with ground truth (the App needs it saved)."""
+    from PIL import Image
+
+    from cliprnn.scenes import CLASSES, generate_scene
+
+    folder = tmp_root / "app-scenes"
+    folder.mkdir(exist_ok=True)
+    samples = []
+    for seed in range(4):
+        scene = generate_scene(2000 + seed, size=(128, 128))
+        path = folder / f"scene_{seed}.png"
+        Image.fromarray(scene.image).save(path)
+        gt = fo.Segmentation(mask=scene.label_map.astype(np.uint8))
+        samples.append(fo.Sample(filepath=str(path), ground_truth=gt))
+    ds = fo.Dataset(f"cliprnn-app-{uuid.uuid4().hex[:8]}", persistent=True)
+    ds.add_samples(samples)
+    ds.mask_targets = {"ground_truth": {i + 1: n for i, n in enumerate(CLASSES)}}
+    ds.app_config.color_scheme = fo.ColorScheme(color_by="value")
+    ds.save()
+    yield ds
+    fo.delete_dataset(ds.name)
+
+
+@pytest.fixture(scope="module")
+def app_server(app_dataset, plugins_dir: Path, tmp_root: Path):
+    """A FiftyOne App server on a free port, started (and stopped) by this test process."""
+    app_dataset.count()  # the database is up before the server's first request
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FIFTYONE_PLUGINS_DIR": str(plugins_dir),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+        ),
+        "FIFTYONE_EXECUTION_STORE_NOTIFICATION_SERVICE_DISABLED": "true",
+    }
+    log = open(tmp_root / f"app-server-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fiftyone.server.main",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(base + "/", timeout=5).read()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"App server did not start; see {log.name}") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _advanced(tiny_config) -> dict:
+    return dict(
+        advanced=True,
+        proposal_model=tiny_config.proposal_model,
+        classifier_model=tiny_config.classifier_model,
+        device="cpu",
+    )
+
+
+def test_server_lists_operators_without_errors(app_server, app_dataset) -> None:
+    got = json.loads(_post(app_server, "/operators", {"dataset_name": app_dataset.name}))
+    uris = {o["uri"] for o in got["operators"]}
+    assert {f"{URI}/segment", f"{URI}/apply_mask_edits", f"{URI}/edit_mask_classes"} <= uris
+    assert got["errors"] == []
+
+
+def _form(base: str, ds, params: dict, selected: list[str] | None = None) -> dict:
+    body = dict(dataset_name=ds.name, operator_uri=f"{URI}/segment", target="inputs",
+                params=params, selected=selected or [])  # fmt: skip
+    return json.loads(_post(base, "/operators/resolve-type", body))
+
+
+def test_form_prefills_classes_and_flags_existing_field(app_server, app_dataset) -> None:
+    form = _form(app_server, app_dataset, {"classes_from": "mask_targets:ground_truth"})
+    props = form["type"]["properties"]
+    from cliprnn.scenes import CLASSES
+
+    assert props["classes"]["default"] == list(CLASSES)
+    assert "queries" in props and "preset" in props and "view_target" in props
+    assert "queries_error" not in props
+    app_dataset.add_sample_field("car_exists", fo.EmbeddedDocumentField, fo.Segmentation)
+    try:
+        props = _form(app_server, app_dataset, {"label_field": "car_exists", "queries": ["a"]})[
+            "type"
+        ]["properties"]
+        assert props["label_field_error"]["invalid"] is True
+        props = _form(
+            app_server,
+            app_dataset,
+            {"label_field": "car_exists", "queries": ["a"], "overwrite": True},
+        )["type"]["properties"]
+        assert "label_field_error" not in props and "label_field_warning" in props
+    finally:
+        app_dataset.delete_sample_field("car_exists")
+    props = _form(app_server, app_dataset, {"queries": []})["type"]["properties"]
+    assert props["queries_error"]["invalid"] is True
+
+
+def test_form_rejects_bad_advanced_settings(app_server, app_dataset) -> None:
+    params = {"queries": ["a"], "advanced": True, "confidence_threshold": 1.5}
+    props = _form(app_server, app_dataset, params)["type"]["properties"]
+    assert props["config_error"]["invalid"] is True
+    assert "confidence_threshold" in props["config_error"]["error_message"]
+
+
+def test_generator_execution_streams_progress_and_writes_selected(
+    app_server, app_dataset, tiny_config
+) -> None:
+    chosen = app_dataset.values("id")[2]
+    params = dict(view_target="SELECTED_SAMPLES", queries=QUERIES, label_field="car_http",
+                  **_advanced(tiny_config))  # fmt: skip
+    body = dict(dataset_name=app_dataset.name, operator_uri=f"{URI}/segment", params=params,
+                selected=[chosen])  # fmt: skip
+    lines = [
+        json.loads(x)
+        for x in _post(app_server, "/operators/execute/generator", body).splitlines()
+        if x.strip()
+    ]
+    called = [m["body"].get("operator_uri") for m in lines if isinstance(m.get("body"), dict)]
+    assert "set_progress" in called and "reload_dataset" in called, lines
+    app_dataset.reload()
+    assert app_dataset.exists("car_http").values("id") == [chosen]
+    app_dataset.delete_sample_field("car_http")
+
+
+# ------------------------------------------------------------------------- browser (e2e)
+@pytest.fixture(scope="module")
+def browser_page(app_server):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]  # fmt: skip
+    with sync_api.sync_playwright() as p:
+        p.selectors.set_test_id_attribute("data-cy")
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        context.add_init_script("window.IS_PLAYWRIGHT = true;")
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page, sync_api.expect, errors
+        browser.close()
+
+
+@pytest.mark.e2e
+def test_app_runs_segment_on_selected_sample(
+    browser_page, app_server, app_dataset, tiny_config
+) -> None:
+    page, expect, errors = browser_page
+    page.goto(f"{app_server}/datasets/{app_dataset.name}", wait_until="domcontentloaded")
+    grid = page.get_by_test_id("fo-grid")
+    expect(grid.locator("[data-cy=looker] canvas[canvas-loaded=true]")).to_have_count(
+        len(app_dataset), timeout=60_000
+    )
+    looker = grid.get_by_test_id("looker").nth(1)
+    looker.hover()
+    looker.get_by_test_id("looker-checkbox-").click()
+    expect(page.get_by_test_id("action-manage-selected")).to_contain_text("1")
+    chosen = app_dataset.values("id")[1]
+
+    page.get_by_test_id("action-browse-operations").click()
+    expect(page.get_by_test_id("operators-browser")).to_be_visible()
+    page.get_by_test_id("operators-browser-search").fill("Segment with text")
+    page.get_by_test_id("operators-browser").get_by_text(
+        "Segment with text (CLIP as RNN)", exact=True
+    ).click()
+    prompt = page.get_by_test_id("operators-prompt-modal")
+    expect(prompt).to_be_visible()
+    expect(prompt.get_by_text("Current selection").first).to_be_visible()
+
+    queries = _input_after(prompt, "Text queries")
+    for q in QUERIES:
+        queries.fill(q)
+        queries.press("Enter")
+    page.wait_for_timeout(500)
+    expect(prompt.get_by_role("button", name="Execute", exact=True)).to_be_enabled(timeout=15_000)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "segment_form.png"))
+    prompt.get_by_text("Advanced settings", exact=True).click()
+    page.wait_for_timeout(1000)
+    _input_after(prompt, "Proposal CLIP").fill(tiny_config.proposal_model)
+    _input_after(prompt, "Classifier CLIP").fill(tiny_config.classifier_model)
+    _input_after(prompt, "Output field").fill("car_app")
+    execute = prompt.get_by_role("button", name="Execute", exact=True)
+    expect(execute).to_be_enabled(timeout=15_000)
+    execute.click()
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        app_dataset.reload()
+        if "car_app" in app_dataset.get_field_schema() and app_dataset.count("car_app"):
+            break
+        page.wait_for_timeout(1000)
+    assert app_dataset.exists("car_app").values("id") == [chosen]
+    # a generator operator ends on its progress view: "Segmented 1/1 samples", then Done
+    expect(page.get_by_text("Segmented 1/1 samples")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Done", exact=True).click()
+    expect(prompt).to_have_count(0, timeout=30_000)
+
+    # the new field shows in the sidebar; open the sample and show its mask
+    expect(page.get_by_test_id("checkbox-car_app")).to_be_visible(timeout=30_000)
+    grid.get_by_test_id("looker").nth(1).click()
+    modal = page.get_by_test_id("modal")
+    expect(modal).to_be_visible()
+    cb = modal.get_by_test_id("checkbox-car_app")
+    if not cb.locator("input").is_checked():
+        cb.click()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(SHOTS / "segment_result.png"))
+    page.keyboard.press("Escape")
+    assert not errors, errors
+
+
+def _input_after(prompt, label: str):
+    """The first input following the text ``label`` in the form (fields carry no test ids)."""
+    return prompt.get_by_text(label).first.locator("xpath=following::input[1]")

@@ -1,0 +1,62 @@
+"""Discovery smoke test: a fresh FiftyOne process finds the plugin and its three operators,
+registers them without errors, and does not import torch to list them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PLUGIN_URI = "@cliprnn/clip-as-rnn"
+
+pytestmark = pytest.mark.fiftyone
+
+_PROBE = """
+import json, sys
+import fiftyone.operators as foo
+import fiftyone.plugins as fop
+from fiftyone.plugins.context import build_plugin_contexts
+
+plugins = [p.name for p in fop.list_plugins()]
+ops = sorted(o.uri for o in foo.list_operators(builtin=False))
+errors = [e for c in build_plugin_contexts() for e in c.errors]
+print(json.dumps(dict(plugins=plugins, ops=ops, errors=errors,
+                      torch="torch" in sys.modules, transformers="transformers" in sys.modules)))
+"""
+
+
+def test_plugin_and_operators_are_discovered_without_errors(plugins_dir) -> None:
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["plugins"] == [PLUGIN_URI]
+    assert got["ops"] == [
+        f"{PLUGIN_URI}/{n}" for n in ("apply_mask_edits", "edit_mask_classes", "segment")
+    ]
+    assert got["errors"] == []
+    assert not got["torch"] and not got["transformers"]
+
+
+def test_cli_lists_the_plugin(plugins_dir) -> None:
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
+    fiftyone_cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    out = subprocess.run(
+        [fiftyone_cli, "operators", "list", "--names-only"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    listing = out.stdout.split(f"{PLUGIN_URI}\n", 1)[1].split()
+    assert listing[:3] == ["segment", "apply_mask_edits", "edit_mask_classes"]
