@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cliprnn.errors import ImageError
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
+_EXIF_ORIENTATION = 0x0112
 
 
 def load_image(image: ImageLike) -> np.ndarray:
@@ -46,6 +47,12 @@ def _from_path(path: Path) -> np.ndarray:
             return _from_pil(im, str(path))
     except UnidentifiedImageError as exc:
         raise ImageError(f"not an image file (format not recognised): {path}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(
+            f"image {path} has more pixels than Pillow's safety limit "
+            f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}); raise that limit if the "
+            f"file is trusted: {exc}"
+        ) from exc
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
@@ -61,7 +68,8 @@ def _from_pil(im: Image.Image, name: str) -> np.ndarray:
     if im.width == 0 or im.height == 0:
         raise ImageError(f"image {name} has zero size ({im.width}×{im.height})")
     with contextlib.suppress(Exception):  # malformed EXIF must not make an image unreadable
-        im = ImageOps.exif_transpose(im) or im
+        if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # else exif_transpose copies for nothing
+            im = ImageOps.exif_transpose(im) or im
     mode = im.mode
     if mode.startswith("I;16"):
         arr = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
@@ -73,7 +81,7 @@ def _from_pil(im: Image.Image, name: str) -> np.ndarray:
     elif mode == "PA":
         im = im.convert("RGBA")
     try:
-        rgb = im.convert("RGB")
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
     except (ValueError, OSError) as exc:
         raise ImageError(
             f"image {name} has mode {mode!r}, which cannot be turned into RGB"
@@ -163,8 +171,14 @@ def resize_masks_nearest(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
     out = np.zeros((masks.shape[0], h, w), masks.dtype)
     for i, m in enumerate(masks):
-        src = m.astype(np.uint8) if m.dtype == np.bool_ else m
-        out[i] = cv2.resize(src, (w, h), interpolation=cv2.INTER_NEAREST).astype(masks.dtype)
+        if not m.any():
+            continue  # leave the zero pages untouched: dropped queries cost no memory
+        if m.dtype == np.bool_:  # OpenCV has no bool type; write 0/1 bytes into the bool array
+            dst = out[i].view(np.uint8)
+            src = np.ascontiguousarray(m).view(np.uint8)
+            cv2.resize(src, (w, h), dst=dst, interpolation=cv2.INTER_NEAREST)
+        else:
+            out[i] = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
     return out
 
 
@@ -175,5 +189,8 @@ def resize_soft(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
     out = np.zeros((probs.shape[0], h, w), np.float32)
     for i, p in enumerate(probs):
-        out[i] = cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        if not p.any():
+            continue  # as in resize_masks_nearest
+        src = np.ascontiguousarray(p, dtype=np.float32)
+        cv2.resize(src, (w, h), dst=out[i], interpolation=cv2.INTER_LINEAR)
     return out
