@@ -107,7 +107,7 @@ class CaRConfig:
     cam_layer: int = -1  # encoder block whose layer_norm1 output Grad-CAM reads
     affinity_layers: int = 8  # last blocks whose attention maps form the affinity
     sinkhorn_rounds: int = 3
-    cam_input_multiple: int = 16  # CAM input sides are rounded up to a multiple of this
+    cam_input_multiple: int = 16  # faithful: CAM input sides round up to this; clean: patch size
     bg_factor: float = 1.0
     refine_affinity: bool = True  # False: plain Grad-CAM proposals (the paper's ablation)
 
