@@ -68,11 +68,9 @@ class CaR:
     @property
     def device(self) -> str:
         """The torch device the models run on ("auto" resolved)."""
-        if self.config.device != "auto":
-            return self.config.device
-        import torch
+        from cliprnn.clip_backend import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(resolve_device(self.config.device))
 
     @property
     def proposal_backend(self) -> Any:
@@ -100,7 +98,13 @@ class CaR:
         if self._proposals is None:
             from cliprnn.proposals import ProposalGenerator
 
-            self._proposals = ProposalGenerator(self.proposal_backend, self.config)
+            backend = self.proposal_backend
+            config = self.config
+            if not config.faithful:
+                # Clean mode rounds the CAM input to whole patches; ``cam_input_multiple`` is the
+                # reference's 16, which drops pixels for patch sizes that do not divide it.
+                config = config.replace(cam_input_multiple=backend.patch_size)
+            self._proposals = ProposalGenerator(backend, config)
         return self._proposals
 
     @property
@@ -137,17 +141,25 @@ class CaR:
 
         ``stuff`` (default ``config.stuff_queries``) runs the paper's thing/stuff passes: stuff
         queries are segmented in their own pass and painted first, things on top.
+
+        Models and queries are checked before the image is read, so a bad model (ModelLoadError)
+        or query list (QueryError) is reported without touching the image; an unreadable image
+        raises ImageError naming it. Images whose longer side exceeds ``config.max_image_side``
+        (default 1024) are downscaled for inference; the label map and masks are returned at
+        the input's full resolution.
         """
         from cliprnn.imageio import inference_size, load_image, resize_image
 
         timings: dict[str, float] = {}
-        with _timed(timings, "decode"):
-            full = load_image(image)
+        self.load()
         normalized = self._normalize(queries)
         names = normalized.queries
+        with _timed(timings, "decode"):
+            full = load_image(image)
         height, width = full.shape[:2]
         small_hw = inference_size(height, width, self.config.max_image_side)
         work = full if small_hw == (height, width) else resize_image(full, small_hw)
+        del full  # only its size is needed from here on
 
         stuff_set = set(self.config.stuff_queries if stuff is None else stuff)
         stuff_idx = [i for i, q in enumerate(names) if q in stuff_set]
@@ -206,11 +218,10 @@ class CaR:
                 masks = resize_masks_nearest(masks, (height, width))
                 soft = resize_soft(soft, (height, width))
         has_pixels = masks.reshape(len(names), -1).any(axis=1)
-        if not self.config.faithful:
-            scores[~has_pixels] = 0.0  # the reference keeps a score for an empty middle channel
+        scores = final_scores(scores, has_pixels, faithful=self.config.faithful)
         kept = [q for q, s, p in zip(names, scores, has_pixels, strict=True) if s > 0 and p]
         return CaRResult(
-            label_map=label_map.astype(np.int32),
+            label_map=label_map.astype(np.int32, copy=False),
             queries=list(names),
             kept=kept,
             scores=scores,
@@ -270,8 +281,9 @@ class CaR:
             if step > 0 and not cfg.reuse_dense_pass:
                 with _timed(timings, "dense"):
                     state = self.proposal_generator.prepare(image)
-            with _timed(timings, "proposals"):
-                proposals, extras = self._propose(state, live_names, background, step, trace)
+            proposals, extras = self._propose(state, live_names, background, step, trace)
+            for stage, seconds in extras.pop("timings", {}).items():  # dense, text, cam, affinity
+                timings[stage] = timings.get(stage, 0.0) + seconds
             if prev and not proposals.reshape(len(live), -1).any():
                 proposals = np.stack([prev[i] for i in live])  # the reference's stale-mask guard
             prev = {i: proposals[j] for j, i in enumerate(live)}
@@ -327,7 +339,11 @@ class CaR:
             for text in cam_texts
         ]
         proposals = np.concatenate([p for p, _ in outs], axis=0)
-        extras: dict = {}
+        stage_seconds: dict[str, float] = {}
+        for _, out_extras in outs:
+            for stage, seconds in out_extras.pop("timings", {}).items():
+                stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
+        extras: dict = {"timings": stage_seconds}
         if trace:
             for key in outs[0][1]:
                 values = [e[key] for _, e in outs]
@@ -373,12 +389,25 @@ class CaR:
         return label_map
 
 
+def final_scores(scores: np.ndarray, has_pixels: np.ndarray, *, faithful: bool) -> np.ndarray:
+    """Per-query scores after post-processing (float32 [Q]).
+
+    ``scores`` already hold 0 for dropped queries and, in faithful mode, for survivors that
+    lost their one-hot channel. Faithful mode keeps the score of a survivor whose channel
+    exists but is empty (as the reference does); clean mode gives every survivor without a
+    pixel the score 0.
+    """
+    out = np.asarray(scores, dtype=np.float32).copy()
+    if not faithful:
+        out[~np.asarray(has_pixels, dtype=bool)] = 0.0
+    return out
+
+
 def _resize_labels(label_map: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     import cv2
 
-    dtype = np.uint16 if label_map.max(initial=0) <= np.iinfo(np.uint16).max else np.float32
-    resized = cv2.resize(label_map.astype(dtype), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
-    return resized.astype(np.int32)
+    src = label_map.astype(np.int32, copy=False)  # nearest-neighbour keeps every int32 value
+    return cv2.resize(src, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def _same_model(a: str, b: str) -> bool:
