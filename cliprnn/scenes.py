@@ -1,0 +1,533 @@
+"""A synthetic world with exact masks: coloured, textured shapes on textured backgrounds.
+
+Every scene is a pure function of its seed. Thing classes include confusable pairs (the same
+shape in near colours, the same shape in similar textures, near shapes in one colour), so that
+querying the whole class list on every image gives CaR distractors to remove.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+#: RGB colours of the thing classes.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (245, 135, 25),
+    "yellow": (240, 215, 40),
+    "green": (35, 160, 60),
+    "blue": (40, 80, 215),
+    "purple": (135, 55, 185),
+    "pink": (245, 135, 190),
+    "brown": (125, 75, 35),
+    "black": (25, 25, 25),
+    "white": (245, 245, 245),
+}
+
+
+@dataclass(frozen=True)
+class ThingClass:
+    """One thing class: its English name and how it is drawn."""
+
+    name: str
+    shape: str  # circle, square, triangle, star, heart, cross, ring, diamond
+    colour: str  # a key of COLOURS (the base colour for textured classes)
+    texture: str = "plain"  # plain, striped, dotted, checkered
+
+
+THINGS: tuple[ThingClass, ...] = (
+    ThingClass("red circle", "circle", "red"),
+    ThingClass("orange circle", "circle", "orange"),
+    ThingClass("blue circle", "circle", "blue"),
+    ThingClass("dotted circle", "circle", "yellow", "dotted"),
+    ThingClass("striped circle", "circle", "white", "striped"),
+    ThingClass("red square", "square", "red"),
+    ThingClass("green square", "square", "green"),
+    ThingClass("striped square", "square", "white", "striped"),
+    ThingClass("checkered square", "square", "white", "checkered"),
+    ThingClass("yellow triangle", "triangle", "yellow"),
+    ThingClass("orange triangle", "triangle", "orange"),
+    ThingClass("purple triangle", "triangle", "purple"),
+    ThingClass("blue star", "star", "blue"),
+    ThingClass("purple star", "star", "purple"),
+    ThingClass("yellow star", "star", "yellow"),
+    ThingClass("orange star", "star", "orange"),
+    ThingClass("red heart", "heart", "red"),
+    ThingClass("pink heart", "heart", "pink"),
+    ThingClass("green cross", "cross", "green"),
+    ThingClass("blue cross", "cross", "blue"),
+    ThingClass("black ring", "ring", "black"),
+    ThingClass("brown ring", "ring", "brown"),
+    ThingClass("white diamond", "diamond", "white"),
+    ThingClass("green diamond", "diamond", "green"),
+)
+
+#: Thing class names; label value i + 1 in a label map is CLASSES[i].
+CLASSES: tuple[str, ...] = tuple(t.name for t in THINGS)
+
+#: Background ("stuff") kinds; each is one of CaR's default background words.
+STUFF: tuple[str, ...] = ("sky", "grass", "water", "wall", "road", "ground")
+
+DEFAULT_SIZE = (128, 128)
+_MIN_VISIBLE = 0.4  # an object keeps at least this fraction of its pixels visible
+_MIN_PIXELS = 12
+
+
+@dataclass
+class SceneObject:
+    """One drawn object: its class index, visible pixel count and visible bounding box."""
+
+    class_index: int
+    pixels: int
+    bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) of the visible pixels
+
+    @property
+    def name(self) -> str:
+        return CLASSES[self.class_index]
+
+
+@dataclass
+class Scene:
+    """A generated image with its exact per-pixel labels.
+
+    ``label_map`` holds 0 for background (stuff) and i + 1 for ``CLASSES[i]``.
+    """
+
+    seed: int
+    image: np.ndarray  # uint8 [H, W, 3] RGB
+    label_map: np.ndarray  # uint8 [H, W]
+    stuff: str
+    objects: list[SceneObject] = field(default_factory=list)
+
+    @property
+    def present(self) -> list[int]:
+        """Indices into CLASSES of the classes visible in the image, by label value."""
+        return sorted(o.class_index for o in self.objects)
+
+    @property
+    def present_names(self) -> list[str]:
+        return [CLASSES[i] for i in self.present]
+
+    @property
+    def caption(self) -> str:
+        """An English description of the scene, larger objects first."""
+        names = [o.name for o in sorted(self.objects, key=lambda o: -o.pixels)]
+        return describe(names, self.stuff)
+
+    def mask(self, class_index: int) -> np.ndarray:
+        """Boolean mask of one class."""
+        return self.label_map == class_index + 1
+
+
+def describe(names: Sequence[str], stuff: str | None = None) -> str:
+    """'a red circle and a blue star on grass.' style text for objects over a background."""
+    items = [f"a {n}" for n in names]
+    if not items:
+        return f"a photo of {stuff}." if stuff else "a photo."
+    text = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    preposition = "in the" if stuff == "sky" else "on"
+    return f"{text} {preposition} {stuff}." if stuff else f"{text}."
+
+
+# --------------------------------------------------------------------------------------------
+# backgrounds
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Noise in [-1, 1] smooth over about h / cells pixels."""
+    grid = rng.uniform(-1, 1, size=(cells + 1, cells + 1)).astype(np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _fill(h: int, w: int, rgb: Sequence[float]) -> np.ndarray:
+    return np.broadcast_to(np.asarray(rgb, np.float32), (h, w, 3)).copy()
+
+
+def _stuff_image(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A float32 RGB background of one stuff kind."""
+    fine = rng.normal(0, 1, size=(h, w, 1)).astype(np.float32)
+    if kind == "sky":
+        t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+        top = np.array([70, 130, 220], np.float32) + rng.uniform(-15, 15, 3)
+        img = top * (1 - t) + np.array([165, 200, 240], np.float32) * t
+        cloud = np.clip(_smooth_noise(rng, h, w, 4) * 2.5 - 0.8, 0, 1)[..., None]
+        img = img * (1 - cloud) + 245 * cloud + fine * 3
+    elif kind == "grass":
+        img = _fill(h, w, np.array([70, 135, 45]) + rng.uniform(-15, 15, 3))
+        img += _smooth_noise(rng, h, w, 8)[..., None] * np.array([12, 25, 8], np.float32)
+        blades = np.zeros((h, w), np.float32)
+        for _ in range(h * w // 40):
+            x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+            dx = int(rng.integers(-2, 3))
+            cv2.line(
+                blades, (x, y), (x + dx, y - int(rng.integers(3, 7))), float(rng.uniform(-1, 1))
+            )
+        img += blades[..., None] * np.array([20, 35, 15], np.float32) + fine * 6
+    elif kind == "water":
+        img = _fill(h, w, np.array([30, 95, 165]) + rng.uniform(-12, 12, 3))
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        phase = rng.uniform(0, 6.3)
+        waves = np.sin(yy * rng.uniform(0.5, 0.8) + 2.0 * np.sin(xx * 0.08 + phase))
+        img += np.clip(waves - 0.6, 0, 1)[..., None] * 90 + fine * 4
+        img += _smooth_noise(rng, h, w, 5)[..., None] * 12
+    elif kind == "wall":
+        brick = np.array([165, 75, 55], np.float32) + rng.uniform(-15, 15, 3)
+        img = _fill(h, w, (200, 195, 185))
+        bh, bw = int(rng.integers(7, 11)), int(rng.integers(14, 22))
+        for row, y in enumerate(range(0, h, bh)):
+            offset = (bw // 2) * (row % 2)
+            for x in range(-offset, w, bw):
+                shade = brick + rng.uniform(-18, 18)
+                img[y + 1 : y + bh, max(x + 1, 0) : max(x + bw, 0)] = shade
+        img += fine * 5
+    elif kind == "road":
+        img = _fill(h, w, np.array([92, 92, 96]) + rng.uniform(-12, 12))
+        img += fine * 12 + _smooth_noise(rng, h, w, 6)[..., None] * 8
+        y = int(rng.integers(h // 4, 3 * h // 4))
+        dash = max(4, w // 10)
+        for x in range(int(rng.integers(0, dash)), w, 2 * dash):
+            img[y : y + max(2, h // 40), x : x + dash] = (235, 225, 200)
+    elif kind == "ground":
+        img = _fill(h, w, np.array([140, 105, 70]) + rng.uniform(-15, 15, 3))
+        img += _smooth_noise(rng, h, w, 6)[..., None] * 20 + fine * 10
+        pebbles = rng.random((h, w)) < 0.01
+        img[pebbles] = (95, 80, 65)
+    else:
+        raise ValueError(f"unknown stuff kind {kind!r}; choose from {list(STUFF)}")
+    return img
+
+
+# --------------------------------------------------------------------------------------------
+# things
+
+
+def _regular_polygon(n: int, r: float, inner: float | None, angle: float) -> np.ndarray:
+    points = []
+    steps = 2 * n if inner is not None else n  # a star alternates outer and inner points
+    for k in range(steps):
+        radius = r if inner is None or k % 2 == 0 else inner
+        a = angle + np.pi * 2 * k / steps
+        points.append((radius * np.cos(a), radius * np.sin(a)))
+    return np.array(points)
+
+
+def _shape_mask(
+    shape: str, h: int, w: int, cx: float, cy: float, size: float, angle: float, aspect: float
+) -> np.ndarray:
+    """Binary mask (uint8 0/1) of one shape; ``size`` is its approximate diameter."""
+    m = np.zeros((h, w), np.uint8)
+    r = size / 2
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+
+    def poly(pts: np.ndarray) -> None:
+        pts = pts * np.array([1.0, aspect]) @ rot.T + (cx, cy)
+        cv2.fillPoly(m, [np.round(pts * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
+
+    if shape == "circle":
+        cv2.ellipse(m, (round(cx), round(cy)), (round(r), round(r * aspect)), 0, 0, 360, 1, -1)
+    elif shape == "ring":
+        cv2.ellipse(m, (round(cx), round(cy)), (round(r), round(r * aspect)), 0, 0, 360, 1, -1)
+        cv2.ellipse(
+            m, (round(cx), round(cy)), (round(r * 0.55), round(r * 0.55 * aspect)), 0, 0, 360, 0, -1
+        )
+    elif shape == "square":
+        poly(np.array([[-r, -r], [r, -r], [r, r], [-r, r]]) * 0.85)
+    elif shape == "triangle":
+        poly(_regular_polygon(3, r * 1.1, None, -np.pi / 2) + np.array([0, r * 0.2]))
+    elif shape == "star":
+        poly(_regular_polygon(5, r * 1.1, r * 0.45, -np.pi / 2))
+    elif shape == "diamond":
+        poly(np.array([[0, -r * 1.1], [r * 0.65, 0], [0, r * 1.1], [-r * 0.65, 0]]))
+    elif shape == "cross":
+        a, b = r, r * 0.33
+        poly(
+            np.array(
+                [
+                    [-b, -a],
+                    [b, -a],
+                    [b, -b],
+                    [a, -b],
+                    [a, b],
+                    [b, b],
+                    [b, a],
+                    [-b, a],
+                    [-b, b],
+                    [-a, b],
+                    [-a, -b],
+                    [-b, -b],
+                ]
+            )
+        )
+    elif shape == "heart":
+        t = np.linspace(0, 2 * np.pi, 40)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        poly(np.stack([x, y], 1) * (r / 16.5))
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return m
+
+
+def _texture(
+    thing: ThingClass, rng: np.random.Generator, h: int, w: int, cx: float, cy: float
+) -> np.ndarray:
+    """Float32 RGB fill of a thing's surface (full frame; the shape mask cuts it out)."""
+    base = np.array(COLOURS[thing.colour], np.float32) + rng.uniform(-12, 12, 3)
+    img = _fill(h, w, np.clip(base, 0, 255))
+    dark = np.array([25, 25, 25], np.float32) + rng.uniform(-10, 10, 3)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    period = float(rng.uniform(5, 8))
+    if thing.texture == "striped":
+        a = rng.uniform(0, np.pi)
+        u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+        img[(u % period) < period / 2] = dark
+    elif thing.texture == "checkered":
+        a = rng.uniform(-0.3, 0.3)
+        u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+        v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
+        img[((u // period) + (v // period)) % 2 == 0] = dark
+    elif thing.texture == "dotted":
+        u, v = (xx - cx) % period - period / 2, (yy - cy) % period - period / 2
+        img[u * u + v * v < (period * 0.28) ** 2] = dark
+    # soft shading: lighter towards a random corner
+    g = (xx - cx) * rng.uniform(-1, 1) + (yy - cy) * rng.uniform(-1, 1)
+    img *= 1 + 0.12 * (g / (np.abs(g).max() + 1e-6))[..., None]
+    return img
+
+
+def _visible_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def generate_scene(
+    seed: int,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    n_objects: int | None = None,
+    stuff: str | None = None,
+) -> Scene:
+    """The scene of one seed: 1-4 distinct things (partly overlapping) over one stuff kind.
+
+    Every object keeps at least 40 % of its pixels visible; ``n_objects=0`` gives plain stuff.
+    """
+    h, w = size
+    rng = np.random.default_rng(seed)
+    kind = stuff if stuff is not None else STUFF[int(rng.integers(len(STUFF)))]
+    img = _stuff_image(kind, rng, h, w)
+    labels = np.zeros((h, w), np.uint8)
+    if n_objects is None:
+        n_objects = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.3, 0.15]))
+    chosen = rng.choice(len(THINGS), size=n_objects, replace=False)
+    areas: dict[int, int] = {}
+    side = min(h, w)
+    for ci in chosen:
+        thing = THINGS[int(ci)]
+        for _attempt in range(6):
+            size_px = side * rng.uniform(0.16, 0.5)
+            if areas and rng.random() < 0.5:  # place next to an earlier object so they overlap
+                ys, xs = np.nonzero(labels)
+                k = int(rng.integers(len(xs)))
+                cx = xs[k] + rng.normal(0, size_px / 3)
+                cy = ys[k] + rng.normal(0, size_px / 3)
+            else:
+                cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+            angle = rng.uniform(-0.5, 0.5) if thing.shape != "circle" else 0.0
+            aspect = rng.uniform(0.8, 1.2)
+            m = _shape_mask(thing.shape, h, w, cx, cy, size_px, angle, aspect).astype(bool)
+            if m.sum() < max(_MIN_PIXELS * 3, 0.6 * size_px**2 * 0.25):
+                continue  # mostly out of frame
+            covered = labels[m]
+            if any(
+                (labels == lv).sum() - (covered == lv).sum() < _MIN_VISIBLE * areas[lv]
+                for lv in areas
+            ):
+                continue
+            fill = _texture(thing, rng, h, w, cx, cy)
+            img[m] = fill[m]
+            labels[m] = ci + 1
+            areas[int(ci) + 1] = int(m.sum())
+            break
+    img += rng.normal(0, 3, size=img.shape).astype(np.float32)
+    image = np.clip(img, 0, 255).astype(np.uint8)
+    objects = []
+    for lv in sorted(areas):
+        vis = labels == lv
+        objects.append(SceneObject(lv - 1, int(vis.sum()), _visible_bbox(vis)))
+    return Scene(seed, image, labels, kind, objects)
+
+
+# --------------------------------------------------------------------------------------------
+# training pairs for contrastive image-text learning
+
+#: Caption templates: CaR's classifier and CAM templates plus plain variants.
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{}",
+    "a {}",
+    "a {}.",
+    "a photo of a {}.",
+    "a clean origami {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "There is a large {} in the scene.",
+)
+STUFF_TEMPLATES: tuple[str, ...] = (
+    "{}",
+    "{}.",
+    "a photo of {}.",
+    "a clean origami {}.",
+    "a photo of the {}.",
+    "a photo of a {}.",
+)
+
+
+def visual_prompt(
+    image: np.ndarray, mask: np.ndarray, prompts: Sequence[str], thickness: int = 1
+) -> np.ndarray:
+    """Draw CaR's visual prompts (blur, gray, circle) for one binary mask, in CaR's order."""
+    out = image.copy()
+    inside = mask.astype(bool)
+    if "blur" in prompts:
+        blurred = cv2.GaussianBlur(out, (15, 15), 0)
+        out = np.where(inside[..., None], out, blurred)
+    if "gray" in prompts:
+        gray = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)[..., None].repeat(3, axis=2)
+        out = np.where(inside[..., None], out, gray)
+    if "circle" in prompts and inside.any():
+        ys, xs = np.nonzero(inside)
+        centre = (int(xs.mean()), int(ys.mean()))
+        axes = ((int(xs.max()) - int(xs.min())) // 2, (int(ys.max()) - int(ys.min())) // 2)
+        out = np.ascontiguousarray(out)
+        cv2.ellipse(out, centre, axes, 0, 0, 360, (255, 0, 0), thickness)
+    return out
+
+
+def _perturb_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A proposal-like version of a true mask: dilated, eroded, boxed or blobby."""
+    m = mask.astype(np.uint8)
+    r = rng.random()
+    if r < 0.3:
+        k = int(rng.integers(1, 6))
+        m = cv2.dilate(m, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
+    elif r < 0.45:
+        m2 = cv2.erode(m, np.ones((3, 3), np.uint8))
+        m = m2 if m2.any() else m
+    elif r < 0.6:
+        x0, y0, x1, y1 = _visible_bbox(m)
+        m = np.zeros_like(m)
+        cv2.ellipse(
+            m,
+            ((x0 + x1) // 2, (y0 + y1) // 2),
+            ((x1 - x0) // 2 + 1, (y1 - y0) // 2 + 1),
+            0,
+            0,
+            360,
+            1,
+            -1,
+        )
+    return m.astype(bool)
+
+
+def _random_blob(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    s = min(h, w)
+    cv2.ellipse(
+        m,
+        (int(rng.integers(0, w)), int(rng.integers(0, h))),
+        (int(rng.uniform(0.08, 0.3) * s), int(rng.uniform(0.08, 0.3) * s)),
+        float(rng.uniform(0, 180)),
+        0,
+        360,
+        1,
+        -1,
+    )
+    return m.astype(bool)
+
+
+def _thing_text(names: Sequence[str], rng: np.random.Generator) -> str:
+    if len(names) == 1:
+        return str(rng.choice(CAPTION_TEMPLATES)).format(names[0])
+    return describe(names)
+
+
+@dataclass
+class TrainingPair:
+    """One (image, caption) pair; pairs with equal ``key`` describe the same content."""
+
+    image: np.ndarray  # uint8 [H, W, 3]
+    caption: str
+    key: str
+    kind: str  # scene, crop, prompt, stuff
+
+
+def training_pair(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> TrainingPair:
+    """A contrastive training pair of one seed: a scene, a crop, a prompted view or plain stuff.
+
+    Prompted views (blur/gray outside one object, a red ellipse around it) carry that object's
+    caption, so a model learns to read CaR's visual prompts.
+    """
+    rng = np.random.default_rng([seed, 7])
+    r = rng.random()
+    if r < 0.08:
+        scene = generate_scene(seed, size, n_objects=0)
+        return TrainingPair(
+            scene.image,
+            str(rng.choice(STUFF_TEMPLATES)).format(scene.stuff),
+            f"stuff:{scene.stuff}",
+            "stuff",
+        )
+    scene = generate_scene(seed, size)
+    h, w = size
+    if r < 0.33:
+        names = [o.name for o in sorted(scene.objects, key=lambda o: -o.pixels)]
+        if rng.random() < 0.5:
+            caption = describe(names, scene.stuff)
+            key = "scene:" + "|".join(sorted(names)) + "@" + scene.stuff
+        else:
+            caption, key = _thing_text(names, rng), "|".join(sorted(names))
+        return TrainingPair(scene.image, caption, key, "scene")
+    obj = scene.objects[int(rng.integers(len(scene.objects)))]
+    if r < 0.58:
+        # a square crop around one object; caption names the objects filling it
+        x0, y0, x1, y1 = obj.bbox
+        side = int(max(x1 - x0, y1 - y0) * rng.uniform(1.0, 1.6)) + 2
+        side = min(side, h, w)
+        cx = (x0 + x1) // 2 + int(rng.integers(-side // 6, side // 6 + 1))
+        cy = (y0 + y1) // 2 + int(rng.integers(-side // 6, side // 6 + 1))
+        left = int(np.clip(cx - side // 2, 0, w - side))
+        top = int(np.clip(cy - side // 2, 0, h - side))
+        crop_labels = scene.label_map[top : top + side, left : left + side]
+        counts = np.bincount(crop_labels.ravel(), minlength=len(CLASSES) + 1)[1:]
+        inside = [i for i in np.argsort(-counts) if counts[i] >= 0.08 * side * side]
+        names = [CLASSES[i] for i in inside] or [obj.name]
+        crop = scene.image[top : top + side, left : left + side]
+        crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+        return TrainingPair(crop, _thing_text(names, rng), "|".join(sorted(names)), "crop")
+    if r < 0.9:
+        mask = _perturb_mask(scene.mask(obj.class_index), rng)
+        name, key = obj.name, obj.name
+    else:
+        # a prompt on a background region: the image then shows stuff, not a thing
+        mask = _random_blob(rng, h, w) & (scene.label_map == 0)
+        if mask.sum() < 30:
+            mask = scene.label_map == 0
+        name, key = scene.stuff, f"stuff:{scene.stuff}"
+    prompts = {
+        0: ("blur",),
+        1: ("blur", "circle"),
+        2: ("circle",),
+        3: ("blur", "gray"),
+        4: ("gray",),
+        5: ("blur", "gray", "circle"),
+    }[int(rng.choice(6, p=[0.25, 0.35, 0.1, 0.15, 0.05, 0.1]))]
+    image = visual_prompt(scene.image, mask, prompts, thickness=int(rng.integers(1, 4)))
+    templates = CAPTION_TEMPLATES if key == name else STUFF_TEMPLATES
+    return TrainingPair(image, str(rng.choice(templates)).format(name), key, "prompt")
