@@ -176,8 +176,6 @@ def golden_backend(golden_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_mask_classifier_scores(case: Case, golden_backend: Any, single_pass: bool) -> None:
     from cliprnn.classifier import MaskClassifier
 
-    if not single_pass and case.name != "case_3":
-        pytest.skip("the reference schedule (15 tower passes) is checked on the smallest case")
     clf = MaskClassifier(golden_backend, case.config(classifier_single_pass=single_pass))
     for step in range(case.n_steps):
         live = case.json(f"step{step}_live_queries")
