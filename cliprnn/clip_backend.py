@@ -22,7 +22,6 @@ VOCAB_SIZE = 49408
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_TEXT_BATCH = 256
 
 
 @dataclass
@@ -292,6 +291,14 @@ class ClipBackend:
             return torch.autocast(device_type="cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
+    def _few_threads(self) -> contextlib.AbstractContextManager[Any]:
+        """One CPU thread for passes made of many small operations (short texts).
+
+        Each parallel operation waits for every worker thread; on a busy machine that wait,
+        not the arithmetic, dominates small operations.
+        """
+        return _one_thread() if self.device.type == "cpu" else contextlib.nullcontext()
+
     # ------------------------------------------------------------------ text
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """OpenAI ``clip.tokenize`` ids: [n, context] int64, zero after EOT (truncated to fit)."""
@@ -304,14 +311,20 @@ class ClipBackend:
         return out
 
     def _encode_uncached(self, texts: list[str]) -> torch.Tensor:
+        # One text per forward: a text's embedding must not depend on which texts share its
+        # batch (matrix kernels round differently by position and batch shape), so cached and
+        # uncached runs agree to the bit. Attention is causal and the embedding is read at the
+        # end-of-text token, so the padding after it is dropped: same result, less work.
         text_model = self.model.text_model
-        chunks = []
-        with torch.no_grad(), self.autocast():
-            for start in range(0, len(texts), _TEXT_BATCH):
-                ids = self.tokenize(texts[start : start + _TEXT_BATCH]).to(self.device)
-                pooled = text_model(input_ids=ids).pooler_output
-                chunks.append(_normalise(self.model.text_projection(pooled).float()))
-        return torch.cat(chunks)
+        rows = []
+        with torch.no_grad(), self.autocast(), self._few_threads():
+            for text in texts:
+                ids = self.tokenize([text])
+                ends = (ids[0] == self.eot_token_id).nonzero()
+                length = int(ends[0, 0]) + 1 if len(ends) else ids.shape[1]
+                pooled = text_model(input_ids=ids[:, :length].to(self.device)).pooler_output
+                rows.append(_normalise(self.model.text_projection(pooled).float()))
+        return torch.cat(rows)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings [n, d] (cached per string when ``cache_text``)."""
@@ -374,9 +387,28 @@ class ClipBackend:
         """
         h = layer.layer_norm1(x) if ln1 is None else ln1
         attn_out, weights = layer.self_attn(hidden_states=h, attention_mask=None)
-        x = x + attn_out
-        x = x + layer.mlp(layer.layer_norm2(x))
-        return x, weights
+        if torch.is_grad_enabled():
+            x = x + attn_out
+            return x + layer.mlp(layer.layer_norm2(x)), weights
+        # the same arithmetic without the temporaries (addition commutes exactly)
+        x = _add_into(attn_out, x)
+        return _add_into(_mlp_no_grad(layer.mlp, layer.layer_norm2(x)), x), weights
+
+    @staticmethod
+    def block_no_weights(layer: Any, x: torch.Tensor) -> torch.Tensor:
+        """One encoder block without gradient, not keeping its attention weights."""
+        attn = layer.self_attn
+        b, t, _ = x.shape
+        h = layer.layer_norm1(x)
+        shape = (b, t, -1, attn.head_dim)
+        q = attn.q_proj(h).view(shape).transpose(1, 2)
+        k = attn.k_proj(h).view(shape).transpose(1, 2)
+        v = attn.v_proj(h).view(shape).transpose(1, 2)
+        weights = torch.matmul(q, k.transpose(-1, -2)).mul_(attn.scale)
+        weights = weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        mixed = torch.matmul(weights, v).transpose(1, 2).reshape(b, t, -1)
+        x = _add_into(attn.out_proj(mixed), x)
+        return _add_into(_mlp_no_grad(layer.mlp, layer.layer_norm2(x)), x)
 
     def dense_pass(
         self, pixel_values: torch.Tensor, *, cam_layer: int = -1, affinity_layers: int = 8
@@ -474,13 +506,59 @@ class ClipBackend:
         """
         stop = self.num_layers - 1 if truncated else self.num_layers
         vision = self.model.vision_model
-        with torch.no_grad(), self.autocast():
+        with torch.inference_mode(), self.autocast():
             x = self.embed(pixel_values)
-            for layer in self.vision_layers[:stop]:
-                x, _ = self.block(layer, x)
-            cls_token = vision.post_layernorm(x[:, 0])
+            for layer in self.vision_layers[: max(0, stop - 1)]:
+                x = self.block_no_weights(layer, x)
+            cls_token = self.cls_block(self.vision_layers[stop - 1], x) if stop else x[:, 0]
+            cls_token = vision.post_layernorm(cls_token)
             feats = self.model.visual_projection(cls_token)
-        return _normalise(feats.float())
+        return _normalise(feats.float()).clone()
+
+    @staticmethod
+    def cls_block(layer: Any, x: torch.Tensor) -> torch.Tensor:
+        """One encoder block's output for the CLS token only ([B, D]); keys see every token."""
+        attn = layer.self_attn
+        b, t, _ = x.shape
+        h = layer.layer_norm1(x)
+        heads = (b, -1, attn.head_dim)
+        q = attn.q_proj(h[:, 0]).view(*heads).unsqueeze(2)  # [B, H, 1, hd]
+        k = attn.k_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
+        weights = torch.matmul(q, k.transpose(-1, -2)) * attn.scale
+        weights = weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        mixed = torch.matmul(weights, v).reshape(b, -1)
+        y = _add_into(attn.out_proj(mixed), x[:, 0])
+        return _add_into(_mlp_no_grad(layer.mlp, layer.layer_norm2(y)), y)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _add_into(out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + out``, reusing ``out``'s memory when that keeps the result's dtype."""
+    if out.dtype == torch.promote_types(out.dtype, residual.dtype):
+        return out.add_(residual)
+    return residual + out
+
+
+def _mlp_no_grad(mlp: Any, x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` computed in place where its activation is CLIP's quick GELU."""
+    if type(mlp.activation_fn).__name__ != "QuickGELUActivation":
+        return mlp(x)
+    hidden = mlp.fc1(x)
+    gate = torch.sigmoid_(hidden * 1.702)
+    return mlp.fc2(gate.mul_(hidden))
 
 
 def _pad_square(pil: Image.Image) -> Image.Image:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,21 +98,21 @@ def refine(
     if n_maps == 0:
         return out
     aff = affinity2.float()
-    sources = torch.from_numpy((cams * box_masks).reshape(n_maps, h * w, 1).astype(np.float32))
+    sources = (cams * box_masks).reshape(n_maps, h * w, 1).astype(np.float32)
+    sources_dev = torch.from_numpy(sources).to(aff.device)
+    # one matrix-vector product per map (the reference's summation order), one transfer back
+    refined = torch.stack([aff @ sources_dev[j] for j in range(n_maps)]).cpu().numpy()
     for j in range(n_maps):
-        # one matrix-vector product per map: the reference's summation order
-        refined = (aff @ sources[j].to(aff.device)).reshape(h, w).cpu().numpy()
-        grid = min_max(refined).astype(np.float32)
+        grid = min_max(refined[j].reshape(h, w)).astype(np.float32)
         out[j] = cv2.resize(grid, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     return out
 
 
-def _cam_from_gradients(activation: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """ReLU(Σ_c mean-grad_c · A_c), min-max normalised twice: [N, h, w] float32.
+def _cam_from_gradients(activation: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ReLU(Σ_c w_c · A_c), min-max normalised twice: [N, h, w] float32.
 
-    ``activation`` is [D, h, w] and ``grads`` is [N, D, h, w] (patch tokens only).
+    ``activation`` is [D, h, w]; ``weights`` [N, D] are the gradients' means over the patches.
     """
-    weights = np.mean(grads, axis=(2, 3))
     cams = (weights[:, :, None, None] * activation[None]).sum(axis=1)
     cams = np.maximum(cams, 0)
     return np.stack([min_max(min_max(c)) for c in cams]).astype(np.float32)
@@ -127,7 +129,9 @@ def gradcam(
     """Grad-CAM maps of the softmax probabilities ``targets`` at block ``layer_norm1``.
 
     Returns (CAMs [len(targets), h, w] float32, the CAM head's softmax [M] over the texts).
-    Batched mode back-propagates every target in one pass; otherwise one pass per target.
+    Batched mode runs the forward pass once for all targets, then one backward pass per target
+    through the retained graph (bit-identical to the reference, which also repeats the
+    forward pass per target: ``batched=False``).
     """
     layers = backend.vision_layers
     cam_block = layers[dense.cam_layer]
@@ -138,7 +142,7 @@ def gradcam(
 
     def probabilities(act: torch.Tensor) -> torch.Tensor:
         with backend.autocast():
-            y, _ = backend.block(cam_block, x.expand(act.shape[0], -1, -1), ln1=act)
+            y, _ = backend.block(cam_block, x, ln1=act)
             for layer in later:
                 y, _ = backend.block(layer, y)
             return backend.cam_head(y, text_features)
@@ -146,11 +150,19 @@ def gradcam(
     targets = list(targets)
     with torch.enable_grad():
         if batched:
-            act = ln1.expand(len(targets), -1, -1).clone().requires_grad_(True)
+            # one forward shared by every target; each backward is then exactly the reference's
+            act = ln1.clone().requires_grad_(True)
             probs = probabilities(act)
-            rows = torch.arange(len(targets), device=probs.device)
-            picked = probs[rows, torch.tensor(targets, device=probs.device)]
-            grads = torch.autograd.grad(picked.sum(), act)[0]
+            grads = (
+                torch.cat(
+                    [
+                        torch.autograd.grad(probs[0, t], act, retain_graph=i < len(targets) - 1)[0]
+                        for i, t in enumerate(targets)
+                    ]
+                )
+                if targets
+                else act.new_zeros((0, *act.shape[1:]))
+            )
             head = probs[0].detach()
         else:
             per_target = []
@@ -164,9 +176,24 @@ def gradcam(
     gh, gw = dense.grid_hw
     dim = ln1.shape[-1]
     activation = ln1[0, 1:].float().reshape(gh, gw, dim).permute(2, 0, 1).cpu().numpy()
-    grad_maps = grads[:, 1:].float().reshape(-1, gh, gw, dim).permute(0, 3, 1, 2).cpu().numpy()
+    weights = grads[:, 1:].float().mean(dim=1).cpu().numpy()  # reduced where it was computed
     assert head is not None
-    return _cam_from_gradients(activation, grad_maps), head
+    return _cam_from_gradients(activation, weights), head
+
+
+class _Clock:
+    """Seconds per named stage, accumulated over ``with clock(name):`` blocks."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 class ProposalGenerator:
@@ -204,32 +231,43 @@ class ProposalGenerator:
         """Refined soft masks float32 [N, H, W] in [0, 1] for the N ``cam_texts``.
 
         ``cam_texts`` are embedded as given; ``background`` words are embedded with the
-        config's ``background_template``. With ``trace`` the extras hold the intermediates.
+        config's ``background_template``. With ``trace`` the extras hold the intermediates;
+        ``extras["timings"]`` always holds the seconds spent per stage ("dense" when the dense
+        pass is not reused, "text", "cam", "affinity").
         """
         cfg = self.config
         backend = self.backend
+        clock = _Clock()
         if state.dense is None or state.affinity2 is None:
-            dense, affinity2 = self._dense(state.pixel_values)
+            with clock("dense"):
+                dense, affinity2 = self._dense(state.pixel_values)
         else:
             dense, affinity2 = state.dense, state.affinity2
         n = len(cam_texts)
         if n == 0:
-            return np.zeros((0, *state.image_hw), dtype=np.float32), {}
-        fg = backend.encode_text(cam_texts)
-        # the reference averages over a single template, then renormalises
-        fg = fg / fg.norm(dim=-1, keepdim=True)
-        bg = backend.text_ensemble(background, [cfg.background_template]) if background else fg[:0]
-        texts = torch.cat([fg, bg])
-        cams, head = gradcam(backend, dense, texts, range(n), batched=cfg.batched_cam)
-        fallback = ~(cams > 0).reshape(n, -1).any(axis=1)
-        if fallback.any() and len(bg):
-            idx = np.flatnonzero(fallback)
-            redo, _ = gradcam(backend, dense, fg, idx.tolist(), batched=cfg.batched_cam)
-            cams[idx] = redo
-        gh, gw = dense.grid_hw
-        boxes = [scoremap2bbox(c, cfg.clipes_threshold, faithful=cfg.faithful) for c in cams]
-        box_mask = np.stack([boxes_to_mask(b, gh, gw) for b in boxes])
-        proposals = refine(cams, affinity2, box_mask, state.image_hw)
+            return np.zeros((0, *state.image_hw), dtype=np.float32), {"timings": clock.seconds}
+        with clock("text"):
+            fg = backend.encode_text(cam_texts)
+            # the reference averages over a single template, then renormalises
+            fg = fg / fg.norm(dim=-1, keepdim=True)
+            bg = (
+                backend.text_ensemble(background, [cfg.background_template])
+                if background
+                else fg[:0]
+            )
+            texts = torch.cat([fg, bg])
+        with clock("cam"):
+            cams, head = gradcam(backend, dense, texts, range(n), batched=cfg.batched_cam)
+            fallback = ~(cams > 0).reshape(n, -1).any(axis=1)
+            if fallback.any() and len(bg):
+                idx = np.flatnonzero(fallback)
+                redo, _ = gradcam(backend, dense, fg, idx.tolist(), batched=cfg.batched_cam)
+                cams[idx] = redo
+        with clock("affinity"):
+            gh, gw = dense.grid_hw
+            boxes = [scoremap2bbox(c, cfg.clipes_threshold, faithful=cfg.faithful) for c in cams]
+            box_mask = np.stack([boxes_to_mask(b, gh, gw) for b in boxes])
+            proposals = refine(cams, affinity2, box_mask, state.image_hw)
         extras: dict[str, Any] = {}
         if trace:
             extras = {
@@ -241,4 +279,5 @@ class ProposalGenerator:
                 "cam_fg_text_features": fg.cpu().numpy().astype(np.float32),
                 "cam_texts": list(cam_texts),
             }
+        extras["timings"] = clock.seconds
         return proposals, extras

@@ -1,0 +1,132 @@
+"""bench-speed's pieces: the forced drop schedule, the prefetcher, and the reports' shape."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cliprnn.bench.speed import drop_schedule, format_table, measure, query_names
+from cliprnn.prefetch import prefetch
+
+TINY = dict(width=64, layers=2, patch_size=16, image_size=32)
+
+
+# -- drop schedule ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("queries", "steps", "expected"),
+    [
+        (20, 2, [10, 10]),  # halve in the first step, then the confirmation step
+        (20, 3, [20, 10, 10]),  # linspace(20, 10, 2) = [20, 10]
+        (20, 5, [20, 17, 13, 10, 10]),  # linspace(20, 10, 4) = 20, 16.67, 13.33, 10
+        (1, 2, [1, 1]),
+        (7, 1, [7]),
+    ],
+)
+def test_drop_schedule(queries: int, steps: int, expected: list[int]) -> None:
+    assert drop_schedule(queries, steps) == expected
+
+
+def test_query_names_are_the_voc_classes_then_numbered() -> None:
+    assert query_names(2) == ["aeroplane", "bicycle"]
+    assert query_names(22)[21] == "object 21"
+
+
+# -- prefetch ---------------------------------------------------------------------------------
+
+
+def test_prefetch_yields_in_order_with_exceptions_in_place() -> None:
+    def load(i: int) -> int:
+        time.sleep(0.02 * (5 - i % 5))  # later items finish first
+        if i == 3:
+            raise OSError("truncated file 3")
+        return i * i
+
+    out = list(prefetch(range(8), load, workers=3, ahead=4))
+    assert [item for item, _ in out] == list(range(8))
+    assert [v for i, v in out if i != 3] == [0, 1, 4, 16, 25, 36, 49]
+    assert isinstance(out[3][1], OSError) and "truncated file 3" in str(out[3][1])
+
+
+def test_prefetch_never_runs_more_than_ahead_items_early() -> None:
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def load(i: int) -> int:
+        with lock:
+            started.append(i)
+        return i
+
+    gen = prefetch(range(100), load, workers=2, ahead=3)
+    for item, _ in gen:
+        time.sleep(0.005)
+        with lock:
+            # the current item plus at most 3 ahead have been submitted
+            assert max(started) <= item + 3
+        if item == 10:
+            break
+    gen.close()
+    assert len(started) <= 15
+
+
+def test_prefetch_loads_ahead_while_the_consumer_works() -> None:
+    def load(i: int) -> int:
+        time.sleep(0.1)
+        return i
+
+    start = time.perf_counter()
+    for _ in prefetch(range(6), load, workers=2, ahead=4):
+        time.sleep(0.1)  # the "inference"
+    elapsed = time.perf_counter() - start
+    # serial would take 6 * 0.2 = 1.2 s; overlapped about 0.1 + 6 * 0.1 = 0.7 s
+    assert elapsed < 1.0
+
+
+def test_prefetch_without_workers_and_empty_input() -> None:
+    out = list(prefetch(["a", "b"], str.upper, workers=0))
+    assert out == [("a", "A"), ("b", "B")]
+    assert list(prefetch([], str.upper)) == []
+    with pytest.raises(ValueError):
+        list(prefetch(["a"], str.upper, workers=-1))
+
+
+# -- the measurement on tiny random models ------------------------------------------------------
+
+
+def test_measure_reports_stages_and_a_label_map_digest() -> None:
+    out = measure(queries=3, steps=2, device="cpu", optimised=True, repeats=1, archs=(TINY, TINY))
+    assert out["steps"] == 2
+    for stage in ("dense", "text", "cam", "affinity", "prompts", "classifier", "crf"):
+        assert stage in out["stages"], stage
+    assert out["stages"]["text"] < out["first_image_seconds"]
+    assert len(out["label_map_sha256"]) == 64
+    assert len(out["scores"]) == 3
+    assert out["peak_rss_mb"] > 0
+
+
+def test_format_table_lists_the_headline_numbers() -> None:
+    report = {
+        "device": "cpu", "threads": 2, "archs": ["ViT-B/16", "ViT-L/14"], "queries": 20,
+        "schedule": [10, 10], "seconds_per_image": 12.5, "first_image_seconds": 30.0,
+        "peak_rss_mb": 2900.0, "first_query_seconds": 4.0, "marginal_query_seconds": 0.5,
+        "marginal_over_first": 0.125, "baseline_seconds_per_image": 250.0,
+        "baseline_peak_rss_mb": 3000.0, "speedup": 20.0, "identical": True,
+        "max_score_difference": 0.0, "stages": {"classifier": 8.0},
+        "load_average": {"before": [1.0, 1.0, 1.0], "after": [1.0, 1.0, 1.0]},
+    }  # fmt: skip
+    table = format_table(report)
+    assert "20.0x" in table and "identical label maps" in table
+    assert "stage: classifier" in table
+
+
+def test_dataset_throughput_over_jpeg_files() -> None:
+    from cliprnn.bench.throughput import dataset_throughput
+
+    out = dataset_throughput(2, queries=2, steps=2, archs=(TINY, TINY), fiftyone=False)
+    assert out["images"] == 2 and out["failures"] == 0
+    assert out["images_per_second"] == pytest.approx(2 / out["seconds"])
+    assert np.isfinite(out["decode_seconds_per_image"])
