@@ -17,7 +17,8 @@ def cliprnn_missing() -> str | None:
     except ImportError as e:
         return (
             f"The cliprnn package is not installed in FiftyOne's Python environment ({e}). "
-            "Install it with `pip install <path to this plugin>` (see the plugin README)."
+            "Install it with `fiftyone plugins requirements @cliprnn/clip-as-rnn --install` "
+            "(or `pip install <this plugin's folder>`), then restart the App."
         )
     return None
 

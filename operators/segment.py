@@ -122,6 +122,7 @@ class Segment(foo.Operator):
         preset: str = "voc",
         outputs: tuple[str, ...] | list[str] = ("segmentation",),
         output_dir: str | None = None,
+        allow_media_dir: bool = False,
         overwrite: bool = False,
         skip_existing: bool = False,
         skip_failures: bool = False,
@@ -136,10 +137,12 @@ class Segment(foo.Operator):
         ``queries`` are free-text queries; ``classes_from`` names a class list of the dataset
         (``"mask_targets:FIELD"``, ``"classes:FIELD"``, ``"labels:FIELD"``,
         ``"default_mask_targets"``, ``"default_classes"``), optionally narrowed by ``classes``.
-        ``preset`` is a CaRConfig preset; ``advanced`` keyword arguments override its fields
-        (``proposal_model``, ``classifier_model``, ``mask_threshold``,
-        ``confidence_threshold``, ``clipes_threshold``, ``visual_prompts``,
-        ``background_words``, ``crf``, ``sam_checkpoint``, ``mode``, ``device``).
+        ``output_dir`` (absolute) receives mask and heatmap PNGs; it may lie inside the images'
+        folders only with ``allow_media_dir=True``. ``preset`` is a CaRConfig preset;
+        ``advanced`` keyword arguments override its fields (``proposal_model``,
+        ``classifier_model``, ``mask_threshold``, ``confidence_threshold``,
+        ``clipes_threshold``, ``visual_prompts``, ``background_words``, ``crf``,
+        ``sam_checkpoint``, ``mode``, ``device``).
 
         Immediate runs are limited to ``FIFTYONE_OPERATOR_TIMEOUT`` seconds (600 by default);
         for large collections pass ``delegate=True`` or call
@@ -171,6 +174,7 @@ class Segment(foo.Operator):
             preset=preset,
             outputs=list(outputs),
             output_dir=output_dir or "",
+            allow_media_dir=allow_media_dir,
             overwrite=overwrite,
             skip_existing=skip_existing,
             skip_failures=skip_failures,
@@ -200,6 +204,7 @@ def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         config=params.get("preset") or "voc",
         outputs=params.get("outputs") or ["segmentation"],
         output_dir=params.get("output_dir") or None,
+        allow_media_dir=bool(params.get("allow_media_dir")),
         overwrite=bool(params.get("overwrite")),
         skip_existing=bool(params.get("skip_existing")),
         skip_failures=bool(params.get("skip_failures")),
@@ -286,7 +291,7 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
         default=8,
         min=1,
         label="Batch size",
-        description="Samples decoded ahead and written per batch",
+        description="Samples written to the database together; progress is shown per batch",
     )
     preset = ctx.params.get("preset") or "voc"
     try:
@@ -369,6 +374,13 @@ def _output_inputs(ctx, inputs: types.Object) -> None:
     output_dir = ctx.params.get("output_dir") or ""
     if output_dir and not os.path.isabs(os.path.expanduser(output_dir)):
         fail(inputs, "output_dir_error", f"Output directory must be absolute: {output_dir!r}")
+    if output_dir:
+        inputs.bool(
+            "allow_media_dir",
+            default=False,
+            label="Allow it inside the images' folders",
+            description="Off: a directory inside a folder holding the samples' images is refused",
+        )
     field = ctx.params.get("label_field") or "car"
     try:
         check_field_name(field)

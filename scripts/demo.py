@@ -50,7 +50,7 @@ def build_dataset(n: int, size: int, media_dir: Path):
     return ds
 
 
-def mean_iou(confusion, classes: list[str]) -> float:
+def mean_iou(confusion) -> float:
     """mIoU over the ground-truth classes present (background included), as the paper does."""
     import numpy as np
 
@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         f"'{args.preset}' (failed: {summary.failed})"
     )
 
-    results = ds.evaluate_segmentations("car", gt_field="ground_truth", eval_key="eval_car")
+    targets = {0: "background", **ds.mask_targets["ground_truth"]}
+    results = ds.evaluate_segmentations(
+        "car", gt_field="ground_truth", eval_key="eval_car", mask_targets=targets
+    )
     metrics = results.metrics()
     miou = mean_iou(results.pixel_confusion_matrix)
     print(

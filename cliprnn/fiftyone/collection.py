@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,12 @@ from cliprnn.fiftyone.files import validate_output_dir, write_png_atomic
 from cliprnn.fiftyone.lock import FieldLock
 from cliprnn.fiftyone.queries import assign_values, resolve_queries
 from cliprnn.fiftyone.runs import record_run, record_run_results, run_key_for
+from cliprnn.imageio import load_image
+from cliprnn.prefetch import prefetch
 
 DEFAULT_BATCH_SIZE = 8
+#: Images decoded ahead of inference (on ``num_workers`` threads).
+DEFAULT_PREFETCH_AHEAD = 4
 
 
 class SampleError(CaRError, RuntimeError):
@@ -98,6 +102,7 @@ class SegmentationRun:
         batch_size: int = DEFAULT_BATCH_SIZE,
         allow_media_dir: bool = False,
         num_workers: int = 2,
+        prefetch_ahead: int = DEFAULT_PREFETCH_AHEAD,
         classes: Sequence[str] | None = None,
         **config_overrides: Any,
     ) -> None:
@@ -128,6 +133,7 @@ class SegmentationRun:
         self.overwrite, self.skip_existing = overwrite, skip_existing
         self.skip_failures = skip_failures
         self.batch_size, self.num_workers = batch_size, max(0, int(num_workers))
+        self.prefetch_ahead = max(0, int(prefetch_ahead))
 
         todo = coll.exists(self.fields.primary, False) if skip_existing else coll
         self.ids, self.paths = todo.values(["id", "filepath"])
@@ -153,6 +159,18 @@ class SegmentationRun:
 
     def _check_fields(self, overwrite: bool, skip_existing: bool) -> None:
         schema = self.dataset.get_field_schema()
+        error_field = schema.get(self.fields.error)
+        if error_field is not None:
+            if not isinstance(error_field, fo.StringField):
+                raise ConfigError(
+                    f"field '{self.fields.error}' exists and is not a string field; the run "
+                    "records per-sample errors there, so choose another label_field"
+                )
+            if not overwrite and not skip_existing:
+                raise ConfigError(
+                    f"field '{self.fields.error}' (errors of an earlier run) already exists; "
+                    "pass overwrite=True or skip_existing=True, or choose another label_field"
+                )
         wanted = {
             self.fields.segmentation: fo.Segmentation,
             self.fields.detections: fo.Detections,
@@ -174,7 +192,13 @@ class SegmentationRun:
                 )
 
     def __iter__(self) -> Iterator[Progress]:
-        """Segment the samples batch by batch, writing each batch before yielding progress."""
+        """Segment the samples in order, writing every ``batch_size`` results at once and
+        yielding progress after each write.
+
+        Images are decoded on ``num_workers`` threads, up to ``prefetch_ahead`` samples ahead of
+        inference. A failure that stops the run (``skip_failures`` off, an interrupt) still
+        writes the results finished before it.
+        """
         start = time.perf_counter()
         total = len(self.ids)
         lock = FieldLock(str(self.dataset._doc.id), self.dataset.name, self.fields.label_field)
@@ -182,17 +206,22 @@ class SegmentationRun:
             self._prepare_dataset()
             record_run(self.collection, self)
             done = 0
-            with ThreadPoolExecutor(max_workers=max(1, self.num_workers)) as pool:
-                futures = self._prefetch(pool, 0)
-                for lo in range(0, total, self.batch_size):
-                    hi = min(lo + self.batch_size, total)
-                    nxt = self._prefetch(pool, hi)
-                    self._run_batch(lo, hi, futures)
-                    futures = nxt
-                    done = hi
-                    lock.refresh()
-                    self.summary.seconds = time.perf_counter() - start
-                    yield Progress(done, total, self.summary.failed)
+            batch = _Batch(self.fields.all())
+            items = zip(self.ids, self.paths, strict=True)
+            loaded = prefetch(items, _load, workers=self.num_workers, ahead=self.prefetch_ahead)
+            with contextlib.closing(loaded):
+                try:
+                    for (sid, path), image in loaded:
+                        self._segment_one(sid, path, image, batch)
+                        if len(batch) >= self.batch_size:
+                            done += self._flush(batch)
+                            lock.refresh()
+                            yield self._progress(done, total, start)
+                    if len(batch):
+                        done += self._flush(batch)
+                        yield self._progress(done, total, start)
+                finally:
+                    self._flush(batch)
             self.summary.seconds = time.perf_counter() - start
             record_run_results(self.collection, self)
 
@@ -210,34 +239,39 @@ class SegmentationRun:
                 last = p.done
         return self.summary
 
-    def _prefetch(self, pool: ThreadPoolExecutor, lo: int) -> list[Future]:
-        from cliprnn.imageio import load_image
+    def _progress(self, done: int, total: int, start: float) -> Progress:
+        self.summary.seconds = time.perf_counter() - start
+        return Progress(done, total, self.summary.failed)
 
-        hi = min(lo + self.batch_size, len(self.paths))
-        return [pool.submit(load_image, p) for p in self.paths[lo:hi]]
-
-    def _run_batch(self, lo: int, hi: int, futures: list[Future]) -> None:
-        labels: dict[str, dict[str, Any]] = {f: {} for f in self.fields.all()}
-        errors: dict[str, str | None] = {}
+    def _segment_one(self, sid: str, path: str, image: Any, batch: _Batch) -> None:
+        """Segment one decoded image (or its load error) into ``batch``; a failure is recorded
+        when ``skip_failures`` is on and raised as SampleError otherwise."""
         try:
-            for sid, path, fut in zip(self.ids[lo:hi], self.paths[lo:hi], futures, strict=True):
-                try:
-                    result = self.car.segment(fut.result(), self.queries)
-                    self._labels_for(sid, result, labels)
-                    errors[sid] = None
-                except Exception as e:
-                    if not self.skip_failures:
-                        raise SampleError(sid, path, e) from e
-                    self.summary.failed += 1
-                    msg = f"{type(e).__name__}: {e}"
-                    errors[sid] = msg
-                    if len(self.summary.errors) < 20:
-                        self.summary.errors.append((sid, msg))
-                    for f in self.fields.all():
-                        labels[f][sid] = None
-        finally:
+            if isinstance(image, BaseException):
+                raise image
+            result = self.car.segment(image, self.queries)
+            self._labels_for(sid, result, batch.labels)
+            batch.errors[sid] = None
+        except Exception as e:
+            for values in batch.labels.values():
+                values.pop(sid, None)
+            if not self.skip_failures:
+                raise SampleError(sid, path, e) from e
+            self.summary.failed += 1
+            msg = f"{type(e).__name__}: {e}"
+            batch.errors[sid] = msg
+            if len(self.summary.errors) < 20:
+                self.summary.errors.append((sid, msg))
+            for values in batch.labels.values():
+                values[sid] = None
+
+    def _flush(self, batch: _Batch) -> int:
+        """Write and empty ``batch``; returns how many samples it held."""
+        labels, errors = batch.take()
+        if errors:
             self._write(labels, errors)
-        self.summary.processed += sum(v is None for v in errors.values())
+            self.summary.processed += sum(v is None for v in errors.values())
+        return len(errors)
 
     def _labels_for(self, sid: str, result: Any, labels: dict[str, dict[str, Any]]) -> None:
         f = self.fields
@@ -288,6 +322,29 @@ class SegmentationRun:
         ds.save()
 
 
+class _Batch:
+    """Labels per output field and the error (None when it succeeded) per sample id, waiting
+    to be written together."""
+
+    def __init__(self, fields: Sequence[str]) -> None:
+        self.fields = list(fields)
+        self.labels: dict[str, dict[str, Any]] = {f: {} for f in self.fields}
+        self.errors: dict[str, str | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def take(self) -> tuple[dict[str, dict[str, Any]], dict[str, str | None]]:
+        """The pending labels and errors; leaves the batch empty."""
+        out = self.labels, self.errors
+        self.labels, self.errors = {f: {} for f in self.fields}, {}
+        return out
+
+
+def _load(item: tuple[str, str]) -> Any:
+    return load_image(item[1])
+
+
 def _check_collection(coll: fo.core.collections.SampleCollection) -> None:
     if coll.media_type != "image":
         raise ConfigError(
@@ -318,7 +375,10 @@ def segment_collection(
     Queries are the classes of ``classes_from`` (``"mask_targets:FIELD"``, ``"classes:FIELD"``,
     ``"labels:FIELD"``, ``"default_mask_targets"``, ``"default_classes"``) followed by
     ``queries``. ``config`` is a CaRConfig or a preset name (``"voc"``, ``"mini"``...); extra
-    keyword arguments override its fields. ``outputs`` chooses among ``"segmentation"``
+    keyword arguments override its fields, except ``classes`` (the subset of ``classes_from``
+    to use), ``allow_media_dir`` (let ``output_dir`` lie inside the images' folders),
+    ``num_workers`` (decoding threads, 2) and ``prefetch_ahead`` (images decoded ahead, 4).
+    ``outputs`` chooses among ``"segmentation"``
     (``label_field``, uint8 mask, 0 = background), ``"detections"`` (``<label_field>_det``,
     editable instance masks with scores) and ``"heatmaps"`` (``<label_field>_heat_<query>``,
     PNGs under ``output_dir``). Results are written in batches, so an interrupted run keeps

@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.fiftyone, pytest.mark.slow]
 
 URI = "@cliprnn/clip-as-rnn"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHOTS = REPO_ROOT / "docs" / "images"
+#: Set CLIPRNN_SCREENSHOTS=docs/images to retake the README screenshots (else a temp folder).
+SHOTS_ENV = "CLIPRNN_SCREENSHOTS"
 CHROMIUM = "/usr/bin/chromium"
 QUERIES = ["red circle", "blue square"]
 
@@ -186,6 +187,9 @@ def test_generator_execution_streams_progress_and_writes_selected(
     ]
     called = [m["body"].get("operator_uri") for m in lines if isinstance(m.get("body"), dict)]
     assert "set_progress" in called and "reload_dataset" in called, lines
+    # the App shows the new field when the run ends
+    shown = [m["body"] for m in lines if "set_active_fields" in str(m.get("body"))]
+    assert shown and "car_http" in str(shown[-1]), lines
     app_dataset.reload()
     assert app_dataset.exists("car_http").values("id") == [chosen]
     app_dataset.delete_sample_field("car_http")
@@ -212,9 +216,23 @@ def browser_page(app_server):
         browser.close()
 
 
+def _mini_shipped() -> bool:
+    from cliprnn.assets import mini_model_paths
+
+    return all((p / "config.json").is_file() for p in mini_model_paths())
+
+
+@pytest.fixture(scope="module")
+def shots_dir(tmp_root: Path) -> Path:
+    chosen = os.environ.get(SHOTS_ENV)
+    path = Path(chosen).resolve() if chosen else tmp_root / "screenshots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.mark.e2e
 def test_app_runs_segment_on_selected_sample(
-    browser_page, app_server, app_dataset, tiny_config
+    browser_page, app_server, app_dataset, tiny_config, shots_dir
 ) -> None:
     page, expect, errors = browser_page
     page.goto(f"{app_server}/datasets/{app_dataset.name}", wait_until="domcontentloaded")
@@ -238,30 +256,33 @@ def test_app_runs_segment_on_selected_sample(
     expect(prompt).to_be_visible()
     expect(prompt.get_by_text("Current selection").first).to_be_visible()
 
-    queries = _input_after(prompt, "Text queries")
-    for q in QUERIES:
-        queries.fill(q)
-        queries.press("Enter")
+    # the dataset's own classes, pre-filled from the ground truth's mask targets
+    _pick(page, prompt, "Classes from the dataset", "Mask targets of 'ground_truth'")
+    expect(prompt.get_by_text("white diamond", exact=True)).to_be_visible(timeout=15_000)
+    mini = _mini_shipped()
+    if mini:  # the bundled model: no settings to type
+        _pick(page, prompt, "Preset", "Bundled miniature CLIP (offline, for demos and tests)")
     page.wait_for_timeout(500)
-    expect(prompt.get_by_role("button", name="Execute", exact=True)).to_be_enabled(timeout=15_000)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "segment_form.png"))
-    prompt.get_by_text("Advanced settings", exact=True).click()
-    page.wait_for_timeout(1000)
-    _input_after(prompt, "Proposal CLIP").fill(tiny_config.proposal_model)
-    _input_after(prompt, "Classifier CLIP").fill(tiny_config.classifier_model)
-    _input_after(prompt, "Output field").fill("car_app")
     execute = prompt.get_by_role("button", name="Execute", exact=True)
+    expect(execute).to_be_enabled(timeout=15_000)
+    page.screenshot(path=str(shots_dir / "segment_form.png"))
+    if not mini:
+        prompt.get_by_text("Advanced settings", exact=True).click()
+        page.wait_for_timeout(1000)
+        _input_after(prompt, "Proposal CLIP").fill(tiny_config.proposal_model)
+        _input_after(prompt, "Classifier CLIP").fill(tiny_config.classifier_model)
+    _input_after(prompt, "Output field").fill("car_app")
     expect(execute).to_be_enabled(timeout=15_000)
     execute.click()
 
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while time.time() < deadline:
         app_dataset.reload()
         if "car_app" in app_dataset.get_field_schema() and app_dataset.count("car_app"):
             break
         page.wait_for_timeout(1000)
     assert app_dataset.exists("car_app").values("id") == [chosen]
+    assert app_dataset.mask_targets["car_app"] == app_dataset.mask_targets["ground_truth"]
     # a generator operator ends on its progress view: "Segmented 1/1 samples", then Done
     expect(page.get_by_text("Segmented 1/1 samples")).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Done", exact=True).click()
@@ -276,9 +297,18 @@ def test_app_runs_segment_on_selected_sample(
     if not cb.locator("input").is_checked():
         cb.click()
     page.wait_for_timeout(1500)
-    page.screenshot(path=str(SHOTS / "segment_result.png"))
+    page.screenshot(path=str(shots_dir / "segment_result.png"))
     page.keyboard.press("Escape")
     assert not errors, errors
+
+
+def _pick(page, prompt, label: str, option: str) -> None:
+    """Open the dropdown that follows the text ``label`` and choose ``option``."""
+    prompt.get_by_text(label, exact=True).first.locator(
+        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
+    ).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(500)
 
 
 def _input_after(prompt, label: str):

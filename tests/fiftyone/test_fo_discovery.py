@@ -60,3 +60,24 @@ def test_cli_lists_the_plugin(plugins_dir) -> None:
     )
     listing = out.stdout.split(f"{PLUGIN_URI}\n", 1)[1].split()
     assert listing[:3] == ["segment", "apply_mask_edits", "edit_mask_classes"]
+
+
+def test_plugin_requirements_install_the_library_from_the_plugin_url(plugins_dir) -> None:
+    from importlib import metadata
+
+    import fiftyone.plugins as fop
+    import yaml
+    from packaging.requirements import Requirement
+
+    lines = fop.load_plugin_requirements(PLUGIN_URI)
+    assert lines, "requirements.txt not found next to fiftyone.yml"
+    # FiftyOne hands each line to `pip install` from the user's folder: no options, no paths
+    reqs = [Requirement(line) for line in lines]
+    assert [r.name for r in reqs] == ["cliprnn"]
+    meta = yaml.safe_load((plugins_dir / "clip-as-rnn" / "fiftyone.yml").read_text())
+    assert reqs[0].url == f"git+{meta['url']}"
+    try:  # where `pip install -e .` ran (make install), `... requirements --ensure` passes
+        metadata.version("cliprnn")
+    except metadata.PackageNotFoundError:
+        return
+    fop.ensure_plugin_requirements(PLUGIN_URI, error_level=0)

@@ -116,7 +116,11 @@ def test_skip_failures_records_errors_and_stops_otherwise(
     bad = tmp_path / "truncated.png"
     bad.write_bytes(scene_files[0].read_bytes()[:60])
     missing = tmp_path / "missing.png"
-    files = [scene_files[0], bad, scene_files[1], missing, scene_files[2]]
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    files = [scene_files[0], bad, scene_files[1], missing, scene_files[2], empty, text]
     ds = make_dataset(files=files)
     ids = ds.values("id")
     s = segment_collection(
@@ -128,11 +132,23 @@ def test_skip_failures_records_errors_and_stops_otherwise(
         batch_size=2,
         progress=False,
     )
-    assert (s.processed, s.failed) == (3, 2)
+    assert (s.processed, s.failed) == (3, 4)
     errors = dict(zip(ids, ds.values("car_error"), strict=True))
-    assert errors[ids[0]] is None and errors[ids[2]] is None
-    assert "ImageError" in errors[ids[1]] and "ImageError" in errors[ids[3]]
-    assert ds.exists("car_error").count() == 2 and ds.count("car") == 3
+    assert errors[ids[0]] is None and errors[ids[2]] is None and errors[ids[4]] is None
+    for i, path, what in [(1, bad, "truncated"), (3, missing, "not found"), (5, empty, "empty"),
+                          (6, text, "not an image")]:  # fmt: skip
+        assert errors[ids[i]].startswith("ImageError") and str(path) in errors[ids[i]]
+        assert what in errors[ids[i]], errors[ids[i]]
+    # the user filters for them; the failed samples hold no label
+    assert ds.exists("car_error").values("id") == [ids[i] for i in (1, 3, 5, 6)]
+    assert ds.exists("car").values("id") == [ids[i] for i in (0, 2, 4)]
+    # a rerun with skip_existing retries only the failed samples (and fails them again)
+    again = segment_collection(ds, QUERIES, label_field="car", config=tiny_config,
+                               skip_existing=True, skip_failures=True, progress=False)  # fmt: skip
+    assert (again.processed, again.failed, again.skipped) == (0, 4, 3)
+    with pytest.raises(ConfigError, match="car_error"):  # an error field from an earlier run
+        segment_collection(ds.exists("car", False), QUERIES, label_field="car",
+                           config=tiny_config, progress=False)  # fmt: skip
 
     ds2 = make_dataset(files=files)
     ids2 = ds2.values("id")
@@ -142,13 +158,17 @@ def test_skip_failures_records_errors_and_stops_otherwise(
     assert ds2.exists("car").values("id") == [ids2[0]]  # what finished before stays
 
 
-def test_bad_parameters_are_rejected_before_any_sample(make_dataset, tiny_config) -> None:
+def test_bad_parameters_are_rejected_before_any_sample(make_dataset, tiny_config, tmp_path):
     ds = make_dataset(2)
+    not_clip = tmp_path / "not-a-clip"
+    not_clip.mkdir()
+    (not_clip / "config.json").write_text("{}")
     cases = [
         (dict(config=tiny_config.replace(), confidence_threshold=1.5), ConfigError),
         (dict(config=tiny_config, visual_prompts=["sparkle"]), ConfigError),
         (dict(config="no-such-preset"), ConfigError),
         (dict(config=tiny_config, proposal_model="/nonexistent/clip"), ModelLoadError),
+        (dict(config=tiny_config, classifier_model=str(not_clip)), ModelLoadError),
         (dict(config=tiny_config, label_field="bad name"), ConfigError),
         (dict(config=tiny_config, output_dir="relative/out"), ConfigError),
         (dict(config=tiny_config, outputs=["everything"]), ConfigError),
@@ -161,7 +181,11 @@ def test_bad_parameters_are_rejected_before_any_sample(make_dataset, tiny_config
     with pytest.raises(ConfigError, match="media folder"):
         media = str(Path(ds.first().filepath).parent / "masks")
         segment_collection(ds, QUERIES, config=tiny_config, output_dir=media, progress=False)
-    assert "car" not in ds.get_field_schema() and not ds.has_runs
+    ds.set_values("mine_error", [1, 2])  # a user's own field where the run records errors
+    with pytest.raises(ConfigError, match="not a string field"):
+        segment_collection(ds, QUERIES, label_field="mine", config=tiny_config, progress=False)
+    assert "car" not in ds.get_field_schema() and "mine" not in ds.get_field_schema()
+    assert ds.values("mine_error") == [1, 2] and not ds.has_runs
 
 
 def test_concurrent_run_on_the_same_field_is_refused(make_dataset, tiny_config) -> None:
@@ -254,6 +278,8 @@ def test_operator_on_selected_samples_only(make_dataset, tiny_config) -> None:
         ),
     )
     assert ds.exists("car").values("id") == [chosen]
+    # written on the root dataset, saved: a fresh handle sees them
+    assert fo.load_dataset(ds.name).mask_targets["car"] == dict(enumerate(QUERIES, start=1))
 
 
 def test_operator_refuses_existing_field(make_dataset, tiny_config) -> None:
@@ -261,6 +287,24 @@ def test_operator_refuses_existing_field(make_dataset, tiny_config) -> None:
     ds.set_values("car", [fo.Segmentation(mask=np.zeros((2, 2), np.uint8))])
     with pytest.raises(Exception, match="exists"):
         foo.get_operator(f"{URI}/segment")(ds, queries=QUERIES, **_advanced(tiny_config))
+
+
+def test_operator_output_dir_inside_the_media_needs_consent(make_dataset, tiny_config) -> None:
+    import shutil
+
+    ds = make_dataset(1)
+    out = Path(ds.first().filepath).parent / "car-out"
+    segment = foo.get_operator(f"{URI}/segment")
+    try:
+        with pytest.raises(Exception, match="media folder"):
+            segment(ds, queries=QUERIES, output_dir=str(out), **_advanced(tiny_config))
+        assert "car" not in ds.get_field_schema() and not out.exists()
+        segment(ds, queries=QUERIES, output_dir=str(out), allow_media_dir=True,
+                **_advanced(tiny_config))  # fmt: skip
+        sample = ds.first()
+        assert sample["car"].mask_path == str(out / "car" / "masks" / f"{sample.id}.png")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_apply_mask_edits_and_edit_classes(make_dataset, tiny_config) -> None:
@@ -305,9 +349,13 @@ def test_apply_mask_edits_and_edit_classes(make_dataset, tiny_config) -> None:
 def test_odd_image_modes_and_exif_rotation(make_dataset, tiny_config, tmp_path, scene_files):
     rgb = Image.open(scene_files[0]).convert("RGB")  # 64 wide, 48 high
     files = {"gray": rgb.convert("L"), "rgba": rgb.convert("RGBA"), "palette": rgb.convert("P")}
+    files["cmyk"] = rgb.convert("CMYK")
+    files["tiny"] = rgb.resize((5, 3))  # smaller than one 8-pixel patch
+    wide = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
+    files["gray16"] = Image.fromarray(wide)
     paths = []
     for name, im in files.items():
-        paths.append(tmp_path / f"{name}.png")
+        paths.append(tmp_path / f"{name}.{'jpg' if im.mode == 'CMYK' else 'png'}")
         im.save(paths[-1])
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise when displayed
@@ -315,9 +363,13 @@ def test_odd_image_modes_and_exif_rotation(make_dataset, tiny_config, tmp_path, 
     rgb.save(paths[-1], exif=exif.tobytes())
     ds = make_dataset(files=paths)
     s = segment_collection(ds, QUERIES, label_field="car", config=tiny_config, progress=False)
-    assert (s.processed, s.failed) == (4, 0)
+    assert (s.processed, s.failed) == (len(paths), 0)
     shapes = {Path(x.filepath).stem: x["car"].mask.shape for x in ds}
-    assert shapes == {"gray": (48, 64), "rgba": (48, 64), "palette": (48, 64), "rotated": (64, 48)}
+    assert shapes == {"gray": (48, 64), "rgba": (48, 64), "palette": (48, 64), "cmyk": (48, 64),
+                      "tiny": (3, 5), "gray16": (48, 64), "rotated": (64, 48)}  # fmt: skip
+    # 16-bit gray decodes to the same pixels as its 8-bit source, so it segments the same
+    by_name = {Path(x.filepath).stem: x["car"].mask for x in ds}
+    np.testing.assert_array_equal(by_name["gray16"], by_name["gray"])
 
 
 def test_values_above_255_switch_masks_to_uint16(make_dataset, tiny_config) -> None:
@@ -331,3 +383,17 @@ def test_values_above_255_switch_masks_to_uint16(make_dataset, tiny_config) -> N
     assert mask.dtype == np.uint16
     direct = get_car(tiny_config).segment(ds.first().filepath, QUERIES)
     np.testing.assert_array_equal(mask, direct.label_map)
+
+
+def test_non_image_collections_are_refused(make_dataset, tiny_config) -> None:
+    videos = fo.Dataset()
+    try:
+        videos.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))
+        with pytest.raises(ConfigError, match="media type is 'video'"):
+            segment_collection(videos, QUERIES, config=tiny_config, progress=False)
+    finally:
+        videos.delete()
+    ds = make_dataset(1)
+    ds.set_values("boxes", [fo.Detections(detections=[fo.Detection(label="a")])])
+    with pytest.raises(ConfigError, match="patches view"):
+        segment_collection(ds.to_patches("boxes"), QUERIES, config=tiny_config, progress=False)

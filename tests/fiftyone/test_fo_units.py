@@ -244,3 +244,53 @@ def test_field_lock_of_a_dead_process_is_taken_over() -> None:
     lock = FieldLock("dsid2", "demo", "car").acquire()
     lock._coll.update_one({"_id": lock.key}, {"$set": {"pid": 2**22 + 12345}})
     FieldLock("dsid2", "demo", "car").acquire().release()
+
+
+def test_output_dir_that_cannot_be_made_is_refused(tmp_path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not writable"):
+        validate_output_dir(str(tmp_path / "file" / "masks"), [])  # a folder below a file
+
+
+def test_write_png_atomic_keeps_the_old_file_when_a_write_crashes(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "m.png"
+    old = np.full((3, 4), 7, np.uint8)
+    write_png_atomic(old, target)
+
+    def crash(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half")  # some bytes reach the disk, then the process "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_png_atomic(np.zeros((3, 4), np.uint8), target)
+    with pytest.raises(OSError):
+        write_png_atomic(np.zeros((3, 4), np.uint8), tmp_path / "new.png")
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(Image.open(target)), old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]  # no temp, no new.png
+
+
+# ----------------------------------------------------------------------------- forms
+def test_segment_form_recommends_delegation_above_the_threshold() -> None:
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    op = foo.get_operator("@cliprnn/clip-as-rnn/segment")
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(50)])
+
+        def form(params: dict) -> dict:
+            req = dict(dataset_name=ds.name, params=dict(queries=["cat"], **params))
+            return op.resolve_input(ExecutionContext(request_params=req)).type.properties
+
+        props = form({})  # 50 samples: at the threshold, immediate by default, no warning
+        assert props["delegate"].default is False and "delegate_warning" not in props
+        ds.add_sample(fo.Sample(filepath="/nonexistent/50.png"))
+        props = form({})  # 51: delegation pre-selected
+        assert props["delegate"].default is True and "delegate_warning" not in props
+        props = form({"delegate": False})  # the user turns it off: a warning says why not to
+        assert "51 samples: consider delegating" in props["delegate_warning"].view.label
+    finally:
+        ds.delete()

@@ -1,0 +1,72 @@
+"""segment_collection decodes images on prefetch threads and writes results in batches."""
+
+from __future__ import annotations
+
+import threading
+
+import fiftyone as fo
+import pytest
+
+import cliprnn.fiftyone.collection as collection
+from cliprnn.fiftyone import SampleError, segment_collection
+
+pytestmark = pytest.mark.fiftyone
+
+QUERIES = ["red circle", "blue square"]
+
+
+def test_decoding_runs_ahead_on_threads_and_writes_are_batched(
+    make_dataset, tiny_config, monkeypatch, tmp_path, scene_files
+) -> None:
+    missing = tmp_path / "gone.png"
+    ds = make_dataset(files=[*scene_files[:2], missing, *scene_files[2:4]])
+    ids = ds.values("id")
+    decoded_on: list[str] = []
+    real_load = collection.load_image
+
+    def spy_load(path):
+        decoded_on.append(threading.current_thread().name)
+        return real_load(path)
+
+    writes: list[tuple[str, int]] = []
+    real_set_values = fo.Dataset.set_values
+
+    def spy_set_values(self, field, values, *args, **kwargs):
+        writes.append((field, len(values)))
+        return real_set_values(self, field, values, *args, **kwargs)
+
+    def no_save(self, *args, **kwargs):
+        raise AssertionError("a per-sample save() during a run")
+
+    monkeypatch.setattr(collection, "load_image", spy_load)
+    monkeypatch.setattr(fo.Dataset, "set_values", spy_set_values)
+    monkeypatch.setattr(fo.Sample, "save", no_save)
+
+    s = segment_collection(
+        ds, QUERIES, config=tiny_config, batch_size=2, skip_failures=True, progress=False
+    )
+
+    assert (s.processed, s.failed) == (4, 1)
+    assert len(decoded_on) == 5
+    assert all(name.startswith("cliprnn-prefetch") for name in decoded_on), decoded_on
+    # 5 samples in batches of 2: three writes of the label field, of 2, 2 and 1 samples
+    assert [n for f, n in writes if f == "car"] == [2, 2, 1]
+    assert [n for f, n in writes if f == "car_error"] == [2, 1]  # from the failing batch on
+    error = dict(zip(ids, ds.values("car_error"), strict=True))[ids[2]]
+    assert "ImageError" in error and str(missing) in error
+    assert ds.count("car") == 4
+
+
+def test_load_error_without_skip_names_the_sample_and_keeps_the_batch_before(
+    make_dataset, tiny_config, tmp_path, scene_files
+) -> None:
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    ds = make_dataset(files=[scene_files[0], scene_files[1], scene_files[2], not_image])
+    ids = ds.values("id")
+    with pytest.raises(SampleError) as info:
+        segment_collection(ds, QUERIES, config=tiny_config, batch_size=2, progress=False)
+    assert info.value.sample_id == ids[3] and info.value.filepath == str(not_image)
+    assert ids[3] in str(info.value) and str(not_image) in str(info.value)
+    # the first batch and the finished sample of the failing batch are kept
+    assert ds.exists("car").values("id") == ids[:3]
