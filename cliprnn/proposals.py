@@ -93,18 +93,23 @@ def refine(
     Each refined map is min-max normalised at grid resolution, then resized bilinearly.
     """
     n_maps, h, w = cams.shape
-    out_h, out_w = out_hw
-    out = np.zeros((n_maps, out_h, out_w), dtype=np.float32)
     if n_maps == 0:
-        return out
+        return np.zeros((0, *out_hw), dtype=np.float32)
     aff = affinity2.float()
     sources = (cams * box_masks).reshape(n_maps, h * w, 1).astype(np.float32)
     sources_dev = torch.from_numpy(sources).to(aff.device)
     # one matrix-vector product per map (the reference's summation order), one transfer back
     refined = torch.stack([aff @ sources_dev[j] for j in range(n_maps)]).cpu().numpy()
-    for j in range(n_maps):
-        grid = min_max(refined[j].reshape(h, w)).astype(np.float32)
-        out[j] = cv2.resize(grid, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    grids = np.stack([min_max(refined[j].reshape(h, w)) for j in range(n_maps)])
+    return resize_maps(grids, out_hw)
+
+
+def resize_maps(maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Grid-resolution maps resized bilinearly to ``out_hw``: float32 [N, H, W]."""
+    out_h, out_w = out_hw
+    out = np.zeros((len(maps), out_h, out_w), dtype=np.float32)
+    for j, grid in enumerate(maps):
+        out[j] = cv2.resize(grid.astype(np.float32), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     return out
 
 
@@ -267,7 +272,10 @@ class ProposalGenerator:
             gh, gw = dense.grid_hw
             boxes = [scoremap2bbox(c, cfg.clipes_threshold, faithful=cfg.faithful) for c in cams]
             box_mask = np.stack([boxes_to_mask(b, gh, gw) for b in boxes])
-            proposals = refine(cams, affinity2, box_mask, state.image_hw)
+            if cfg.refine_affinity:
+                proposals = refine(cams, affinity2, box_mask, state.image_hw)
+            else:  # the paper's plain Grad-CAM ablation: raw CAMs, resized
+                proposals = resize_maps(cams, state.image_hw)
         extras: dict[str, Any] = {}
         if trace:
             extras = {

@@ -247,3 +247,25 @@ def test_all_zero_cam_is_recomputed_against_foreground_only(
     assert calls == [(3, [0, 1]), (2, [1])]
     assert extras["fg_only_fallback"].tolist() == [False, True]
     assert extras["gradcam_raw"][1].max() > 0
+
+
+def test_plain_gradcam_ablation_skips_the_affinity(tiny_clip_dir):
+    """refine_affinity=False: proposals are the raw Grad-CAM maps, bilinearly resized."""
+    import cv2
+
+    from cliprnn import CaR, CaRConfig
+
+    cfg = CaRConfig.preset(
+        "voc", proposal_model=str(tiny_clip_dir), classifier_model=str(tiny_clip_dir),
+        device="cpu", refine_affinity=False,
+    )  # fmt: skip
+    image = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    res = CaR(cfg).segment(image, ["cat", "dog"], trace=True)
+    step = res.trace[0]
+    raw = step.extras["gradcam_raw"]
+    expected = np.stack(
+        [cv2.resize(m.astype(np.float32), (56, 40), interpolation=cv2.INTER_LINEAR) for m in raw]
+    )
+    np.testing.assert_array_equal(step.proposals, expected)
+    refined = CaR(cfg.replace(refine_affinity=True)).segment(image, ["cat", "dog"], trace=True)
+    assert not np.allclose(refined.trace[0].proposals, step.proposals)

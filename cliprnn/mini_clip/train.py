@@ -1,0 +1,264 @@
+"""Contrastive image-text training of the miniature CLIP on generated scenes (time-budgeted).
+
+Run: ``python -m cliprnn.mini_clip.train --seed 0 --minutes 40 --out DIR``. Only image-text
+pairs are used (no mask supervision). Three image embeddings share one contrastive loss each:
+the final CLS token (standard CLIP), the penultimate block's CLS token (what CaR's faithful
+classifier reads) and the mean of the final patch tokens (what CaR's Grad-CAM head reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPModel, CLIPTokenizer
+
+from cliprnn.mini_clip.model import CLIP_MEAN, CLIP_STD, mini_clip_config, save_clip_folder
+from cliprnn.scenes import training_pair
+
+#: Training pairs use seeds below this; benchmarks use seeds from BENCHMARK_SEED_START.
+TRAIN_SEED_LIMIT = 1_000_000
+BENCHMARK_SEED_START = 10_000_000
+
+
+def bilinear_pos_encoding(embeddings: torch.nn.Module):
+    """Replacement for CLIPVisionEmbeddings.interpolate_pos_encoding: bilinear, like CaR."""
+
+    def interpolate(_emb: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        pos = embeddings.position_embedding.weight
+        grid = math.isqrt(pos.shape[0] - 1)
+        gh, gw = height // embeddings.patch_size, width // embeddings.patch_size
+        patch = pos[1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        if (gh, gw) != (grid, grid):
+            patch = F.interpolate(patch, size=(gh, gw), mode="bilinear", align_corners=False)
+        patch = patch.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+        return torch.cat([pos[:1].unsqueeze(0), patch], dim=1)
+
+    return interpolate
+
+
+def to_pixels(images: list[np.ndarray], side: int) -> torch.Tensor:
+    """uint8 RGB images -> normalised [B, 3, side, side] (area resize, like an antialiased one)."""
+    arr = (
+        np.stack(
+            [
+                im
+                if im.shape[0] == side
+                else cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
+                for im in images
+            ]
+        ).astype(np.float32)
+        / 255.0
+    )
+    arr = (arr - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+class TextCache:
+    """Token ids per caption, computed once."""
+
+    def __init__(self, tokenizer: CLIPTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = []
+        for t in texts:
+            if t not in self.cache:
+                self.cache[t] = self.tokenizer(t, truncation=True, max_length=77).input_ids
+            ids.append(self.cache[t])
+        n = max(len(i) for i in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([i + [pad] * (n - len(i)) for i in ids])
+        mask = torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])
+        return input_ids, mask
+
+
+def image_embeddings(model: CLIPModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three normalised image embeddings the loss trains (cls, penultimate cls, patch mean)."""
+    vm = model.vision_model
+    out = vm(pixel_values=pixels, output_hidden_states=True, interpolate_pos_encoding=True)
+    last, pen = out.hidden_states[-1], out.hidden_states[-2]
+    ln, proj = vm.post_layernorm, model.visual_projection
+    embs = {
+        "cls": proj(ln(last[:, 0])),
+        "penultimate": proj(ln(pen[:, 0])),
+        "patch_mean": proj(ln(last[:, 1:]).mean(dim=1)),
+    }
+    return {k: F.normalize(v, dim=-1) for k, v in embs.items()}
+
+
+def text_embeddings(model: CLIPModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    out = model.text_model(input_ids=ids, attention_mask=mask)
+    return F.normalize(model.text_projection(out.pooler_output), dim=-1)
+
+
+def contrastive_loss(
+    img: torch.Tensor, txt: torch.Tensor, keys: list[str], scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE where every pair with an equal key is a positive."""
+    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+    target = same / same.sum(dim=1, keepdim=True)
+    logits = scale * img @ txt.t()
+    return 0.5 * (
+        torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+        + torch.sum(-target * F.log_softmax(logits.t(), 1), 1).mean()
+    )
+
+
+def lr_at(progress: float, base: float, warmup: float = 0.03) -> float:
+    if progress < warmup:
+        return base * progress / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+
+
+def train(
+    seed: int,
+    minutes: float,
+    out: Path,
+    tokenizer_dir: Path,
+    batch: int = 96,
+    hires_batch: int = 24,
+    hires_every: int = 4,
+    lr: float = 2e-3,
+    threads: int = 2,
+    max_steps: int | None = None,
+    model_kwargs: dict | None = None,
+    init: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> CLIPModel:
+    """Train for ``minutes`` of wall time (or ``max_steps``); checkpoint to ``out`` every 5 min."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    if init is not None:  # continue from a saved model (a fresh schedule, same objective)
+        model = CLIPModel.from_pretrained(init, dtype=torch.float32)
+    else:
+        model = CLIPModel(mini_clip_config(**(model_kwargs or {})))
+        with torch.no_grad():  # a sharper start than CLIP's 1/0.07 learns faster on small data
+            model.logit_scale.fill_(math.log(20.0))
+    model.vision_model.embeddings.interpolate_pos_encoding = bilinear_pos_encoding(
+        model.vision_model.embeddings
+    )
+    tokens = TextCache(CLIPTokenizer.from_pretrained(tokenizer_dir))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    rng = np.random.default_rng(seed)
+    next_seed = int(rng.integers(0, TRAIN_SEED_LIMIT))
+    budget = minutes * 60.0
+    start = last_ckpt = time.time()
+    step, seen = 0, 0
+    weights = {"cls": 1.0, "penultimate": 1.0, "patch_mean": 1.0}
+    while (elapsed := time.time() - start) < budget and (max_steps is None or step < max_steps):
+        hires = step % hires_every == hires_every - 1
+        n = hires_batch if hires else batch
+        pairs = [training_pair((next_seed + i) % TRAIN_SEED_LIMIT) for i in range(n)]
+        next_seed = (next_seed + n) % TRAIN_SEED_LIMIT
+        seen += n
+        pixels = to_pixels([p.image for p in pairs], 128 if hires else 64)
+        ids, mask = tokens([p.caption for p in pairs])
+        # a step budget makes the schedule (and so the run) independent of machine speed
+        progress = step / max_steps if max_steps else elapsed / budget
+        for g in opt.param_groups:
+            g["lr"] = lr_at(progress, lr)
+        imgs = image_embeddings(model, pixels)
+        txt = text_embeddings(model, ids, mask)
+        scale = model.logit_scale.exp().clamp(max=100)
+        keys = [p.key for p in pairs]
+        losses = {k: contrastive_loss(v, txt, keys, scale) for k, v in imgs.items()}
+        loss = sum(weights[k] * v for k, v in losses.items())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 20 == 0:
+            parts = " ".join(f"{k}={v.item():.3f}" for k, v in losses.items())
+            log(
+                f"step {step} t={elapsed:.0f}s seen={seen} hires={hires} loss={loss.item():.3f} "
+                f"{parts} scale={scale.item():.1f} lr={opt.param_groups[0]['lr']:.2e}"
+            )
+        if time.time() - last_ckpt > 300:
+            save_clip_folder(model, out / "checkpoint", tokenizer_dir, dtype=torch.float32)
+            last_ckpt = time.time()
+            log(f"checkpoint at step {step}")
+        step += 1
+    log(f"done: {step} steps, {seen} pairs, {time.time() - start:.0f}s")
+    stats = {"steps": step, "pairs": seen, "train_seconds": round(time.time() - start, 1)}
+    (out / "train_stats.json").write_text(json.dumps(stats))
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: train, then save the proposal and classifier folders (fp16) under --out."""
+    from cliprnn.assets import tokenizer_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=40.0)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--tokenizer", type=Path, default=tokenizer_dir())
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", type=Path, help="continue training from this CLIPModel folder")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="stop after this many steps; the schedule then follows steps, not time",
+    )
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "train.log", "a", buffering=1) as logf:
+
+        def log(msg: str) -> None:
+            print(msg, flush=True)
+            logf.write(msg + "\n")
+
+        log(
+            f"train: seed={args.seed} minutes={args.minutes} steps={args.steps} "
+            f"torch={torch.__version__}"
+        )
+        start = time.time()
+        model = train(
+            args.seed,
+            args.minutes,
+            args.out,
+            args.tokenizer,
+            threads=args.threads,
+            max_steps=args.steps,
+            lr=args.lr,
+            init=args.init,
+            log=log,
+        )
+        for role in ("proposal", "classifier"):
+            save_clip_folder(model, args.out / role, args.tokenizer)
+        info = {
+            "seed": args.seed,
+            "minutes": args.minutes,
+            "max_steps": args.steps,
+            "wall_seconds": round(time.time() - start, 1),
+        }
+        stats = args.out / "train_stats.json"
+        if stats.exists():
+            info.update(json.loads(stats.read_text()))
+        (args.out / "train_info.json").write_text(json.dumps(info, indent=2))
+        log(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

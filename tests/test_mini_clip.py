@@ -1,0 +1,108 @@
+"""The miniature CLIP: its architecture, the training loop, and the shipped checkpoints."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from cliprnn.assets import mini_model_paths, tokenizer_dir
+from cliprnn.mini_clip.model import mini_clip_config
+
+SHIPPED = mini_model_paths()
+shipped = pytest.mark.skipif(
+    not all((p / "model.safetensors").exists() for p in SHIPPED),
+    reason="the trained miniature CLIP is not in cliprnn/assets/mini_clip yet",
+)
+
+
+def test_config_is_a_scaled_down_openai_vit_clip() -> None:
+    cfg = mini_clip_config()
+    for tower in (cfg.text_config, cfg.vision_config):
+        assert tower.hidden_act == "quick_gelu"
+        assert tower.hidden_size // tower.num_attention_heads == 64
+        assert tower.intermediate_size == 4 * tower.hidden_size
+    assert cfg.text_config.vocab_size == 49408
+    assert cfg.text_config.max_position_embeddings == 77
+    assert cfg.text_config.eos_token_id == 49407
+    assert cfg.vision_config.image_size % cfg.vision_config.patch_size == 0
+    assert cfg.projection_dim == cfg.vision_config.projection_dim
+
+
+def test_training_steps_are_seeded(tmp_path: Path) -> None:
+    from cliprnn.mini_clip.train import train
+
+    logs: list[str] = []
+    tiny = dict(width=64, vision_layers=1, text_layers=1, image_size=32, projection_dim=32)
+
+    def run() -> torch.Tensor:
+        model = train(0, 60.0, tmp_path, tokenizer_dir(), batch=8, hires_batch=4, lr=1e-3,
+                      max_steps=2, model_kwargs=tiny, log=logs.append)  # fmt: skip
+        return model.visual_projection.weight.detach().clone()
+
+    a, b = run(), run()
+    assert torch.equal(a, b)
+    assert any("step 0" in line for line in logs)
+    assert "done: 2 steps, 16 pairs" in logs[-1]
+
+
+def _safetensors_dtypes(path: Path) -> set[str]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+@shipped
+def test_shipped_files_are_small_fp16_and_complete() -> None:
+    total = 0
+    for folder in SHIPPED:
+        names = {p.name for p in folder.iterdir()}
+        assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= names
+        assert _safetensors_dtypes(folder / "model.safetensors") == {"F16"}
+        total += sum(p.stat().st_size for p in folder.iterdir())
+    assert total <= 40 * 1024 * 1024
+
+
+@shipped
+def test_shipped_model_loads_like_a_hub_model() -> None:
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from cliprnn.clip_backend import ClipBackend
+
+    for folder in SHIPPED:
+        model = CLIPModel.from_pretrained(folder)
+        assert model.config.vision_config.hidden_act == "quick_gelu"
+        tok = CLIPTokenizer.from_pretrained(folder)
+        # the standard CLIP BPE ids (OpenAI's tokenizer gives exactly these)
+        assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+        backend = ClipBackend.load(str(folder), role="proposal")
+        emb = backend.encode_text(["a red circle", "a blue star"])
+        assert emb.shape == (2, model.config.projection_dim)
+        assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-4)
+
+
+@shipped
+def test_mini_preset_points_at_the_shipped_folders() -> None:
+    from cliprnn.car import CaR
+    from cliprnn.config import CaRConfig
+
+    cfg = CaRConfig.preset("mini", device="cpu")
+    assert Path(cfg.proposal_model) == SHIPPED[0]
+    assert Path(cfg.classifier_model) == SHIPPED[1]
+    car = CaR(cfg).load()
+    assert car.proposal_backend.image_size == 64
+
+
+@shipped
+def test_shipped_model_reads_visual_prompts() -> None:
+    from cliprnn.mini_clip.evaluate import prompt_classification
+
+    # 24 classes: chance is ~4 %; the shipped model gets ~19 % (30 scenes), well above it
+    metrics = prompt_classification(SHIPPED[1], range(990_000, 990_030))
+    assert metrics["objects"] >= 60
+    assert metrics["prompted_top1"] >= 0.1, metrics
+    assert metrics["stuff_max_prob"] < 0.5, metrics  # no class is confident on stuff (0.25)
