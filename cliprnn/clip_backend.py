@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cliprnn.compact import compact_parameter_count, upcast_once
+from cliprnn.compact import compact_weights as _compact_weights
 from cliprnn.errors import ConfigError, ModelLoadError
 
 VOCAB_SIZE = 49408
@@ -46,9 +48,25 @@ def resolve_device(device: str | torch.device) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"device: unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device: {device!r} was asked for but CUDA is not available in this torch "
+            f"({torch.__version__}); use device='cpu' or 'auto'"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device: {device!r} was asked for but only {torch.cuda.device_count()} CUDA "
+            "device(s) exist"
+        )
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps and mps.is_available()):
+        raise ConfigError(
+            f"device: {device!r} was asked for but MPS is not available; use device='cpu' or 'auto'"
+        )
+    return dev
 
 
 def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -91,7 +109,11 @@ def _offline() -> bool:
 
 
 class ClipBackend:
-    """A frozen CLIP model with its tokenizer, computing in fp32 (or autocast on CUDA)."""
+    """A frozen CLIP model with its tokenizer, computing in fp32 (or autocast on CUDA).
+
+    With ``compact_weights`` the weights that are exact in fp16 (or bf16) are held in 16 bits
+    and read back as fp32 by each layer when it runs: half the memory, the same output.
+    """
 
     def __init__(
         self,
@@ -104,7 +126,12 @@ class ClipBackend:
         name: str = "",
         faithful: bool = True,
         cache_text: bool = True,
+        compact_weights: bool = False,
     ) -> None:
+        if compact_weights:
+            _compact_weights(model)
+        #: parameters (elements) held in 16 bits (0 when not compact)
+        self.compact_parameters: int = compact_parameter_count(model)
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -135,11 +162,13 @@ class ClipBackend:
         role: str = "proposal",
         faithful: bool = True,
         cache_text: bool = True,
+        compact_weights: bool = True,
     ) -> ClipBackend:
         """Load a CLIP by Hugging Face hub name or local ``CLIPModel`` folder.
 
         Raises ModelLoadError naming the role, the name, where it looked and how to use a local
-        copy. Weights are held in fp32; ``dtype`` float16/bfloat16 means autocast on CUDA.
+        copy. Computation is in fp32; ``dtype`` float16/bfloat16 means autocast on CUDA. With
+        ``compact_weights``, weights exact in 16 bits are held in 16 bits.
         """
         from transformers import CLIPModel
 
@@ -164,9 +193,11 @@ class ClipBackend:
             )
         tokenizer = cls._load_tokenizer(folder, name, role)
         dev = resolve_device(device)
-        model = model.to(dev).eval().requires_grad_(False)
+        model = model.eval().requires_grad_(False)
+        if compact_weights:  # before the move: the device copy is then the compact one
+            _compact_weights(model)
         return cls(
-            model,
+            model.to(dev),
             tokenizer,
             device=dev,
             dtype=dtype,
@@ -174,6 +205,7 @@ class ClipBackend:
             name=name,
             faithful=faithful,
             cache_text=cache_text,
+            compact_weights=compact_weights,
         )
 
     @classmethod
@@ -189,6 +221,7 @@ class ClipBackend:
             role=role,
             faithful=config.faithful,
             cache_text=config.cache_text,
+            compact_weights=config.compact_weights,
         )
 
     @staticmethod
@@ -317,7 +350,7 @@ class ClipBackend:
         # end-of-text token, so the padding after it is dropped: same result, less work.
         text_model = self.model.text_model
         rows = []
-        with torch.no_grad(), self.autocast(), self._few_threads():
+        with torch.no_grad(), self.autocast(), self._few_threads(), upcast_once():
             for text in texts:
                 ids = self.tokenize([text])
                 ends = (ids[0] == self.eot_token_id).nonzero()

@@ -54,11 +54,15 @@ def _config(
     )
 
 
-def random_clip_model(arch: str | dict[str, int], seed: int = 0) -> Any:
+def random_clip_model(
+    arch: str | dict[str, int], seed: int = 0, *, fp16_values: bool = False
+) -> Any:
     """An in-memory ``CLIPModel`` with seeded random weights (eager attention, fp32, eval).
 
     ``arch`` is a name from ARCHITECTURES ("ViT-B/16", "ViT-L/14", ...) or a dict with the
-    keyword arguments of :func:`save_random_clip` other than ``folder`` and ``seed``.
+    keyword arguments of :func:`save_random_clip` other than ``folder`` and ``seed``. With
+    ``fp16_values`` every weight is rounded to the nearest fp16 value (held in fp32), as in
+    OpenAI's fp16 release of CLIP.
     """
     from transformers import CLIPModel
 
@@ -76,6 +80,10 @@ def random_clip_model(arch: str | dict[str, int], seed: int = 0) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config)
+    if fp16_values:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(param.half())
     return model.eval()
 
 
@@ -91,16 +99,19 @@ def save_random_clip(
     text_width: int | None = None,
     text_layers: int | None = None,
     projection_dim: int | None = None,
+    fp16_values: bool = False,
 ) -> Path:
     """Save a seeded random ``CLIPModel`` (safetensors) and the CLIP tokenizer in ``folder``.
 
     Head dimension 64 (``heads = width // 64``) unless ``heads`` is given; text tower width,
-    depth and projection size default to the image tower's width and depth.
+    depth and projection size default to the image tower's width and depth. ``fp16_values``
+    as in :func:`random_clip_model`.
     """
     arch = dict(width=width, layers=layers, patch_size=patch_size, image_size=image_size,
                 heads=heads, text_width=text_width, text_layers=text_layers,
                 projection_dim=projection_dim)  # fmt: skip
-    model = random_clip_model({k: v for k, v in arch.items() if v is not None}, seed=seed)
+    arch = {k: v for k, v in arch.items() if v is not None}
+    model = random_clip_model(arch, seed=seed, fp16_values=fp16_values)
     out = Path(folder).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

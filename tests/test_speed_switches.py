@@ -1,25 +1,54 @@
 """Every speed switch leaves CaR's output unchanged, and really skips the work it names.
 
-The whole pipeline runs on a tiny random CLIP (both roles): each configuration with one switch
-turned off, and the reference schedule (all off), must give the same label map, the same kept
-queries at every step, and scores within 1e-6 of the default (all on).
+The whole pipeline runs on a tiny random CLIP (both roles; its weights are fp16 values, as in
+OpenAI's release, so ``compact_weights`` holds them in 16 bits): each configuration with one
+switch turned off, and the reference schedule (all off), must give the same label map, the same
+kept queries at every step, and scores within 1e-6 of the default (all on).
+
+Most runs use one CPU thread: a tiny model's many small operations are several times slower
+when each waits for a second thread on a busy machine. One comparison runs on two threads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from torch.nn.utils import parametrize
 
 from cliprnn import CaR, CaRConfig
 from cliprnn.bench.speed import SPEED_SWITCHES
+from cliprnn.compact import _Upcast, compact_weights, exact_storage_dtype
+from cliprnn.random_clip import random_clip_model
 from cliprnn.scenes import generate_scene
 
 QUERIES = ["cat", "dog", "car", "tree", "boat"]
 # A forced schedule makes every configuration walk the same three steps (4 -> 2 -> 2 queries).
 SCHEDULE = [4, 2, 2]
+
+
+TINY = dict(width=64, layers=2, patch_size=8, image_size=32)  # conftest's tiny_clip_dir model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fp16_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny_clip_dir model, its weights rounded to fp16 values (as OpenAI released CLIP)."""
+    from cliprnn.random_clip import save_random_clip
+
+    folder = tmp_path_factory.mktemp("fp16-clip")
+    return save_random_clip(folder, **TINY, seed=0, fp16_values=True)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +104,8 @@ def _assert_same_output(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def default_runs(tiny_clip_dir: Path, image: np.ndarray) -> dict[bool, Any]:
-    return {forced: _run(tiny_clip_dir, image, forced=forced) for forced in (True, False)}
+def default_runs(fp16_clip_dir: Path, image: np.ndarray) -> dict[bool, Any]:
+    return {forced: _run(fp16_clip_dir, image, forced=forced) for forced in (True, False)}
 
 
 def test_every_switch_is_on_by_default() -> None:
@@ -92,28 +121,44 @@ def test_forced_schedule_walks_three_steps(default_runs) -> None:
 
 
 @pytest.mark.parametrize("switch", [s for s in SPEED_SWITCHES if s != "early_stop_clean"])
-def test_switch_off_gives_the_same_output(tiny_clip_dir, image, default_runs, switch):
+def test_switch_off_gives_the_same_output(fp16_clip_dir, image, default_runs, switch):
     reference, _, _ = default_runs[True]
-    result, _, _ = _run(tiny_clip_dir, image, forced=True, **{switch: False})
+    result, _, _ = _run(fp16_clip_dir, image, forced=True, **{switch: False})
     _assert_same_output(result, reference)
 
 
 @pytest.mark.parametrize("forced", [True, False])
-def test_reference_schedule_gives_the_same_output(tiny_clip_dir, image, default_runs, forced):
+def test_reference_schedule_gives_the_same_output(fp16_clip_dir, image, default_runs, forced):
     reference, fast_counts, _ = default_runs[forced]
     result, slow_counts, _ = _run(
-        tiny_clip_dir, image, forced=forced, **dict.fromkeys(SPEED_SWITCHES, False)
+        fp16_clip_dir, image, forced=forced, **dict.fromkeys(SPEED_SWITCHES, False)
     )
     _assert_same_output(result, reference)
     # one dense pass per image instead of one per step
     assert (fast_counts["dense"], slow_counts["dense"]) == (1, reference.steps)
 
 
-def test_early_stop_clean_ends_a_first_step_that_drops_nothing(tiny_clip_dir, image) -> None:
+def test_reference_schedule_gives_the_same_output_on_two_threads(fp16_clip_dir, image) -> None:
+    # multi-threaded kernels split rows by batch shape: batching must still not change a bit
+    # three templates, not fifteen: the same batching, a fifth of the text passes
+    templates = CaRConfig().templates[:3]
+    torch.set_num_threads(2)
+    try:
+        fast, _, _ = _run(fp16_clip_dir, image, forced=True, templates=templates)
+        slow, _, _ = _run(
+            fp16_clip_dir, image, forced=True, templates=templates,
+            **dict.fromkeys(SPEED_SWITCHES, False),
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(1)
+    _assert_same_output(slow, fast)
+
+
+def test_early_stop_clean_ends_a_first_step_that_drops_nothing(fp16_clip_dir, image) -> None:
     # with θ = 0 nobody is dropped: clean mode stops after step 1 instead of confirming it
-    fast, _, _ = _run(tiny_clip_dir, image, forced=False, faithful=False, theta=0.0)
+    fast, _, _ = _run(fp16_clip_dir, image, forced=False, faithful=False, theta=0.0)
     slow, _, _ = _run(
-        tiny_clip_dir, image, forced=False, faithful=False, theta=0.0, early_stop_clean=False
+        fp16_clip_dir, image, forced=False, faithful=False, theta=0.0, early_stop_clean=False
     )
     assert slow.trace[0].kept == slow.trace[0].queries
     assert (fast.steps, slow.steps) == (1, 2)
@@ -122,9 +167,9 @@ def test_early_stop_clean_ends_a_first_step_that_drops_nothing(tiny_clip_dir, im
     np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-6, rtol=0)
 
 
-def test_text_cache_embeds_each_string_once_across_images(tiny_clip_dir, image) -> None:
+def test_text_cache_embeds_each_string_once_across_images(fp16_clip_dir, image) -> None:
     config = CaRConfig.preset(
-        "voc", proposal_model=str(tiny_clip_dir), classifier_model=str(tiny_clip_dir),
+        "voc", proposal_model=str(fp16_clip_dir), classifier_model=str(fp16_clip_dir),
         device="cpu", max_image_side=None,
     )  # fmt: skip
     car = CaR(config)
@@ -136,10 +181,10 @@ def test_text_cache_embeds_each_string_once_across_images(tiny_clip_dir, image) 
     assert first > 0 and counts["texts"] == first  # the second image embeds nothing
 
 
-def test_classifier_tower_runs_once_per_step(tiny_clip_dir, image) -> None:
-    fast, _, car_fast = _run(tiny_clip_dir, image, forced=True, reuse_unchanged_prompts=False)
+def test_classifier_tower_runs_once_per_step(fp16_clip_dir, image) -> None:
+    fast, _, car_fast = _run(fp16_clip_dir, image, forced=True, reuse_unchanged_prompts=False)
     _, _, car_slow = _run(
-        tiny_clip_dir, image, forced=True, reuse_unchanged_prompts=False,
+        fp16_clip_dir, image, forced=True, reuse_unchanged_prompts=False,
         classifier_single_pass=False,
     )  # fmt: skip
     templates = len(CaRConfig().templates)
@@ -147,3 +192,90 @@ def test_classifier_tower_runs_once_per_step(tiny_clip_dir, image) -> None:
     scored_steps = sum(len(t.queries) > 1 for t in fast.trace)
     assert car_fast.classifier.tower_calls == scored_steps
     assert car_slow.classifier.tower_calls == templates * scored_steps
+
+
+# -- compact weights ----------------------------------------------------------------------------
+
+
+def test_compact_weights_hold_every_layer_weight_in_16_bits(default_runs) -> None:
+    _, _, car = default_runs[True]
+    backend = car.proposal_backend
+    assert car.classifier_backend is backend  # one model serves both roles here
+    params = list(backend.model.parameters())
+    total = sum(p.numel() for p in params)
+    # only the scalar logit scale and the width-64 CLS embedding live outside a layer
+    assert total - backend.compact_parameters == 1 + 64
+    assert sum(p.element_size() * p.numel() for p in params) == 2 * (total - 65) + 4 * 65
+    # layers still hand out fp32 weights, equal to the fp16 values stored
+    weight = backend.model.vision_model.encoder.layers[0].mlp.fc1.weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, weight.half().float())
+
+
+def test_compact_weights_leave_weights_that_are_not_exact_in_fp32() -> None:
+    model = random_clip_model(TINY, seed=3).requires_grad_(False)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = model.vision_model(pixel_values=pixels).last_hidden_state
+    compact_weights(model)
+    fc1 = model.vision_model.encoder.layers[0].mlp.fc1
+    norm = model.vision_model.encoder.layers[0].layer_norm1
+    # random fp32 values: kept as they are; the zero-initialised bias is exact in fp16
+    assert not parametrize.is_parametrized(fc1, "weight")
+    assert fc1.weight.dtype == torch.float32
+    assert fc1.parametrizations.bias.original0.dtype == torch.float16
+    # LayerNorm starts at weight 1, bias 0: exact in fp16, so held in 16 bits
+    assert norm.parametrizations.weight.original0.dtype == torch.float16
+    assert norm.parametrizations.bias.original0.dtype == torch.float16
+    assert torch.equal(model.vision_model(pixel_values=pixels).last_hidden_state, before)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([1.0, -0.5, 2.0**-24, 65504.0], torch.float16),  # smallest subnormal, largest finite
+        ([1.0 + 2.0**-10, 0.0], torch.float16),  # 10 mantissa bits
+        ([2.0**20, 1.0], torch.bfloat16),  # beyond fp16's range, exact in bf16's 8 bits
+        ([1.0 + 2.0**-11], None),  # needs 11 mantissa bits
+        ([1.0 / 3.0], None),
+    ],
+)
+def test_exact_storage_dtype(values: list[float], expected: torch.dtype | None) -> None:
+    assert exact_storage_dtype(torch.tensor(values, dtype=torch.float32)) == expected
+
+
+def test_exact_storage_dtype_only_shrinks_fp32() -> None:
+    assert exact_storage_dtype(torch.ones(3, dtype=torch.float64)) is None
+    assert exact_storage_dtype(torch.ones(3, dtype=torch.float16)) is None
+
+
+def _count_upcasts(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    calls = {"n": 0}
+    forward = _Upcast.forward
+
+    def counting(self: _Upcast, stored: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return forward(self, stored)
+
+    monkeypatch.setattr(_Upcast, "forward", counting)
+    return calls
+
+
+def _compact_tensors(module: torch.nn.Module) -> int:
+    return sum(1 for name, _ in module.named_parameters() if ".parametrizations." in f".{name}")
+
+
+def test_a_batch_converts_each_weight_once(fp16_clip_dir, monkeypatch) -> None:
+    from cliprnn.clip_backend import ClipBackend
+
+    backend = ClipBackend.load(fp16_clip_dir)
+    model = backend.model
+    calls = _count_upcasts(monkeypatch)
+    backend.encode_text(["a cat", "a dog", "a photo of a boat", "tree", "car"])
+    text_tensors = _compact_tensors(model.text_model) + _compact_tensors(model.text_projection)
+    assert calls["n"] == text_tensors  # five texts, one pass each, one conversion per weight
+    calls["n"] = 0
+    backend.image_embeddings(torch.zeros(3, 3, 32, 32), truncated=False)
+    vision_tensors = _compact_tensors(model.vision_model) + _compact_tensors(
+        model.visual_projection
+    )
+    assert calls["n"] == vision_tensors  # three images, one conversion per weight

@@ -35,6 +35,7 @@ SPEED_SWITCHES = (
     "reuse_unchanged_prompts",
     "skip_single_query_classifier",
     "early_stop_clean",
+    "compact_weights",
 )
 IMAGE_HW = (375, 500)
 
@@ -91,13 +92,17 @@ def build_car(
     dev = resolve_device(device)
     dtype = {"float32": torch.float32, "float16": torch.float16}[config.dtype]
     car = CaR(config)
-    for role, arch, name, seed in zip(
-        ("proposal", "classifier"), archs, names, (0, 1), strict=True
+    # the larger classifier first: its fp32 build transient then meets the smaller model only
+    for role, arch, name, seed in reversed(
+        list(zip(("proposal", "classifier"), archs, names, (0, 1), strict=True))
     ):
-        model = random_clip_model(arch, seed=seed).to(dev).eval().requires_grad_(False)
+        # fp16 values, as OpenAI released CLIP: compact_weights then holds them in 16 bits
+        model = random_clip_model(arch, seed=seed, fp16_values=True)
+        model = model.to(dev).eval().requires_grad_(False)
         backend = ClipBackend(
             model, tokenizer, device=dev, dtype=dtype, role=role, name=f"random:{name}",
             faithful=config.faithful, cache_text=config.cache_text,
+            compact_weights=config.compact_weights,
         )  # fmt: skip
         setattr(car, f"_{role}_backend", backend)
     return car
