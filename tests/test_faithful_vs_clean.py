@@ -1,4 +1,4 @@
-"""Each row of docs/faithful_vs_clean.md: the two modes differ exactly as documented.
+"""Each row of the README's faithful/clean table: the two modes differ exactly as documented.
 
 Hand-computed numbers come from the spec (car_algorithm.md, golden README section 5); engine
 checks run the tiny random CLIP from conftest through the same code path users take.

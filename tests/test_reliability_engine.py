@@ -1,5 +1,5 @@
 """What CaR.segment survives (issue 6, engine half): bad files, odd image modes and sizes,
-messy queries, and bad parameters — each with its documented outcome (docs/reliability.md)."""
+messy queries, and bad parameters, each with its documented outcome (README: "What it survives")."""
 
 from __future__ import annotations
 
