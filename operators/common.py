@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 #: Above this many samples the forms recommend delegated execution (CaR is seconds per image).
@@ -70,3 +72,32 @@ def detections_fields(dataset) -> list[str]:
     import fiftyone as fo
 
     return sorted(dataset.get_field_schema(embedded_doc_type=fo.Detections))
+
+
+def requested_delegation(ctx) -> bool | None:
+    """An operator's ``resolve_delegation``: force delegation when the form asks for it."""
+    return True if ctx.params.get("delegate") else None
+
+
+def execute_from_sdk(
+    operator: foo.Operator,
+    sample_collection: Any,
+    params: dict[str, Any],
+    *,
+    delegate: bool,
+    delegation_target: str | None,
+) -> Any:
+    """Run ``operator`` on a dataset or view from Python (what each ``__call__`` does)."""
+    import fiftyone as fo
+
+    if isinstance(sample_collection, fo.DatasetView):
+        ctx = dict(view=sample_collection)
+    else:
+        ctx = dict(dataset=sample_collection)
+    return foo.execute_operator(
+        operator.uri,
+        ctx,
+        params=params,
+        request_delegation=delegate,
+        delegation_target=delegation_target,
+    )

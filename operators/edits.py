@@ -12,7 +12,9 @@ from .common import (
     cliprnn_missing,
     delegation_inputs,
     detections_fields,
+    execute_from_sdk,
     fail,
+    requested_delegation,
     segmentation_fields,
 )
 
@@ -21,14 +23,6 @@ ACTIONS = {
     "merge": "Merge classes into one",
     "delete": "Delete classes (their pixels become background)",
 }
-
-
-def _sdk_ctx(sample_collection: Any) -> dict[str, Any]:
-    import fiftyone as fo
-
-    if isinstance(sample_collection, fo.DatasetView):
-        return dict(view=sample_collection)
-    return dict(dataset=sample_collection)
 
 
 class ApplyMaskEdits(foo.Operator):
@@ -47,7 +41,7 @@ class ApplyMaskEdits(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        return True if ctx.params.get("delegate") else None
+        return requested_delegation(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -117,12 +111,8 @@ class ApplyMaskEdits(foo.Operator):
             detections_field=detections_field or f"{label_field}_det",
             delegate=delegate,
         )
-        return foo.execute_operator(
-            self.uri,
-            _sdk_ctx(sample_collection),
-            params=params,
-            request_delegation=delegate,
-            delegation_target=delegation_target,
+        return execute_from_sdk(
+            self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
         )
 
 
@@ -142,7 +132,7 @@ class EditMaskClasses(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        return True if ctx.params.get("delegate") else None
+        return requested_delegation(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -233,10 +223,6 @@ class EditMaskClasses(foo.Operator):
         )
         if new_name is not None:
             params["new_name"] = new_name
-        return foo.execute_operator(
-            self.uri,
-            _sdk_ctx(sample_collection),
-            params=params,
-            request_delegation=delegate,
-            delegation_target=delegation_target,
+        return execute_from_sdk(
+            self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
         )

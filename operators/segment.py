@@ -13,7 +13,9 @@ from .common import (
     choices_view,
     cliprnn_missing,
     delegation_inputs,
+    execute_from_sdk,
     fail,
+    requested_delegation,
 )
 
 PRESET_LABELS = {
@@ -69,7 +71,7 @@ class Segment(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        return True if ctx.params.get("delegate") else None
+        return requested_delegation(ctx)
 
     def resolve_execution_options(self, ctx):
         return foo.ExecutionOptions(
@@ -157,16 +159,9 @@ class Segment(foo.Operator):
             segment(dataset.take(5), queries=["cat", "dog"], label_field="car", preset="voc")
             segment(dataset, classes_from="mask_targets:ground_truth", delegate=True)
         """
-        import fiftyone as fo
-
         unknown = sorted(set(advanced) - set(ADVANCED))
         if unknown:
             raise TypeError(f"unknown arguments {unknown}; advanced settings are {list(ADVANCED)}")
-        ctx = (
-            dict(view=sample_collection)
-            if isinstance(sample_collection, fo.DatasetView)
-            else dict(dataset=sample_collection)
-        )
         params = dict(
             queries=list(queries or []),
             classes_from=classes_from or "",
@@ -186,12 +181,8 @@ class Segment(foo.Operator):
             params["classes"] = list(classes)
         for name, value in advanced.items():
             params[name] = ", ".join(value) if name == "background_words" else value
-        return foo.execute_operator(
-            self.uri,
-            ctx,
-            params=params,
-            request_delegation=delegate,
-            delegation_target=delegation_target,
+        return execute_from_sdk(
+            self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
         )
 
 
