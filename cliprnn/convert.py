@@ -51,6 +51,7 @@ def clip_config(
     context_length: int = 77,
     vocab_size: int = VOCAB_SIZE,
     logit_scale: float = 4.605170249938965,
+    pad_token_id: int = 0,
 ) -> Any:
     """A ``CLIPConfig`` in OpenAI's conventions (QuickGELU, head dim 64, eps 1e-5, EOT pooling)."""
     from transformers import CLIPConfig
@@ -66,7 +67,7 @@ def clip_config(
         vocab_size=vocab_size,
         bos_token_id=49406,
         eos_token_id=49407,
-        pad_token_id=0,
+        pad_token_id=pad_token_id,
     )
     vision = dict(
         common,

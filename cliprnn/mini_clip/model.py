@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VOCAB_SIZE = 49408
-CONTEXT_LENGTH = 77
+from cliprnn.clip_backend import CLIP_MEAN, CLIP_STD
+from cliprnn.convert import clip_config
+
 HEAD_DIM = 64
 
 
@@ -25,28 +24,17 @@ def mini_clip_config(
     projection_dim: int = 64,
 ) -> CLIPConfig:
     """A CLIPConfig in OpenAI's layout: quick_gelu, head dim 64, context 77, the CLIP BPE vocab."""
-    common = dict(
-        hidden_size=width,
-        intermediate_size=4 * width,
-        num_attention_heads=width // HEAD_DIM,
-        hidden_act="quick_gelu",
+    return clip_config(
+        vision_width=width,
+        vision_layers=vision_layers,
+        patch_size=patch_size,
+        image_size=image_size,
+        text_width=width,
+        text_layers=text_layers,
         projection_dim=projection_dim,
-        layer_norm_eps=1e-5,
-    )
-    return CLIPConfig(
-        text_config=dict(
-            common,
-            num_hidden_layers=text_layers,
-            vocab_size=VOCAB_SIZE,
-            max_position_embeddings=CONTEXT_LENGTH,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=1,
-        ),
-        vision_config=dict(
-            common, num_hidden_layers=vision_layers, image_size=image_size, patch_size=patch_size
-        ),
-        projection_dim=projection_dim,
+        vision_heads=width // HEAD_DIM,
+        text_heads=width // HEAD_DIM,
+        pad_token_id=1,  # what the shipped model was trained with (EOT pooling ignores it)
     )
 
 
