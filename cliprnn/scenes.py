@@ -460,12 +460,17 @@ def _thing_text(names: Sequence[str], rng: np.random.Generator) -> str:
 
 @dataclass
 class TrainingPair:
-    """One (image, caption) pair; pairs with equal ``key`` describe the same content."""
+    """One (image, caption) pair; pairs with equal ``key`` describe the same content.
+
+    ``labels`` names the classes and stuff the image shows (for a prompted view, only what the
+    prompt points at): the image-level labels of a vocabulary-wide contrastive loss.
+    """
 
     image: np.ndarray  # uint8 [H, W, 3]
     caption: str
     key: str
     kind: str  # scene, crop, prompt, stuff
+    labels: tuple[str, ...] = ()
 
 
 def training_pair(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> TrainingPair:
@@ -483,6 +488,7 @@ def training_pair(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> TrainingPa
             str(rng.choice(STUFF_TEMPLATES)).format(scene.stuff),
             f"stuff:{scene.stuff}",
             "stuff",
+            (scene.stuff,),
         )
     scene = generate_scene(seed, size)
     h, w = size
@@ -493,7 +499,7 @@ def training_pair(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> TrainingPa
             key = "scene:" + "|".join(sorted(names)) + "@" + scene.stuff
         else:
             caption, key = _thing_text(names, rng), "|".join(sorted(names))
-        return TrainingPair(scene.image, caption, key, "scene")
+        return TrainingPair(scene.image, caption, key, "scene", (*names, scene.stuff))
     obj = scene.objects[int(rng.integers(len(scene.objects)))]
     if r < 0.58:
         # a square crop around one object; caption names the objects filling it
@@ -510,7 +516,8 @@ def training_pair(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> TrainingPa
         names = [CLASSES[i] for i in inside] or [obj.name]
         crop = scene.image[top : top + side, left : left + side]
         crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
-        return TrainingPair(crop, _thing_text(names, rng), "|".join(sorted(names)), "crop")
+        labels = (*names, scene.stuff) if (crop_labels == 0).mean() >= 0.15 else tuple(names)
+        return TrainingPair(crop, _thing_text(names, rng), "|".join(sorted(names)), "crop", labels)
     if r < 0.9:
         mask = _perturb_mask(scene.mask(obj.class_index), rng)
         name, key = obj.name, obj.name
@@ -530,4 +537,5 @@ def training_pair(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> TrainingPa
     }[int(rng.choice(6, p=[0.25, 0.35, 0.1, 0.15, 0.05, 0.1]))]
     image = visual_prompt(scene.image, mask, prompts, thickness=int(rng.integers(1, 4)))
     templates = CAPTION_TEMPLATES if key == name else STUFF_TEMPLATES
-    return TrainingPair(image, str(rng.choice(templates)).format(name), key, "prompt")
+    caption = str(rng.choice(templates)).format(name)
+    return TrainingPair(image, caption, key, "prompt", (name,))

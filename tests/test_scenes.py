@@ -129,6 +129,12 @@ def test_training_pairs_are_deterministic_and_varied() -> None:
                 assert name in CLASSES and name in p.caption
     prompted = [p for p in pairs if p.kind == "prompt"]
     assert len(prompted) > 40  # the visually prompted views are a large share
+    for p in pairs:  # labels: what the image shows; a prompted view shows one thing
+        assert p.labels and set(p.labels) <= set(CLASSES) | set(STUFF)
+        if p.kind == "prompt" or p.kind == "stuff":
+            assert len(p.labels) == 1 and p.labels[0] in p.caption
+        if p.kind == "scene":
+            assert sum(label in STUFF for label in p.labels) == 1
 
 
 def test_thousands_of_scenes_a_minute() -> None:

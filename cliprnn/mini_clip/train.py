@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
 from cliprnn.mini_clip.model import CLIP_MEAN, CLIP_STD, mini_clip_config, save_clip_folder
-from cliprnn.scenes import training_pair
+from cliprnn.scenes import (
+    CAPTION_TEMPLATES,
+    CLASSES,
+    STUFF,
+    STUFF_TEMPLATES,
+    training_pair,
+)
 
 #: Training pairs use seeds below this; benchmarks use seeds from BENCHMARK_SEED_START.
 TRAIN_SEED_LIMIT = 1_000_000
@@ -120,14 +126,63 @@ def lr_at(progress: float, base: float, warmup: float = 0.03) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
+#: The vocabulary of the class-bank loss: every thing class, then every stuff kind.
+VOCABULARY: tuple[str, ...] = (*CLASSES, *STUFF)
+
+
+def bank_loss(img: torch.Tensor, bank: torch.Tensor, targets: torch.Tensor, scale) -> torch.Tensor:
+    """Cross-entropy of each image against the whole vocabulary's texts (CaR's softmax).
+
+    ``targets`` [B, V] spreads each image's probability mass evenly over the labels it shows,
+    so the other (often confusable) classes are the negatives, as the live queries are in CaR.
+    """
+    logits = scale * img @ bank.t()
+    return torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+
+
+class PairBatches(torch.utils.data.IterableDataset):
+    """Training batches in a fixed order (one data worker keeps it deterministic)."""
+
+    def __init__(self, seed: int, batch: int, side: int, hires_every: int = 3) -> None:
+        self.seed, self.batch, self.side, self.hires_every = seed, batch, side, hires_every
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        next_seed = int(rng.integers(0, TRAIN_SEED_LIMIT))
+        index = {name: i for i, name in enumerate(VOCABULARY)}
+        step = 0
+        while True:
+            # every few steps a third of a batch at twice the side: the CAM's resolution
+            hires = self.hires_every > 0 and step % self.hires_every == self.hires_every - 1
+            n = self.batch // 3 if hires else self.batch
+            step += 1
+            pairs = [training_pair((next_seed + i) % TRAIN_SEED_LIMIT) for i in range(n)]
+            next_seed = (next_seed + n) % TRAIN_SEED_LIMIT
+            targets = torch.zeros(n, len(VOCABULARY))
+            for row, pair in enumerate(pairs):
+                for label in pair.labels:
+                    targets[row, index[label]] = 1.0 / len(pair.labels)
+            templates = [
+                str(rng.choice(CAPTION_TEMPLATES if i < len(CLASSES) else STUFF_TEMPLATES))
+                for i in range(len(VOCABULARY))
+            ]
+            yield {
+                "pixels": to_pixels(
+                    [p.image for p in pairs], 2 * self.side if hires else self.side
+                ),
+                "captions": [p.caption for p in pairs],
+                "keys": [p.key for p in pairs],
+                "targets": targets,
+                "bank": [t.format(name) for t, name in zip(templates, VOCABULARY, strict=True)],
+            }
+
+
 def train(
     seed: int,
     minutes: float,
     out: Path,
     tokenizer_dir: Path,
     batch: int = 96,
-    hires_batch: int = 24,
-    hires_every: int = 4,
     lr: float = 2e-3,
     threads: int = 2,
     max_steps: int | None = None,
@@ -135,7 +190,11 @@ def train(
     init: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> CLIPModel:
-    """Train for ``minutes`` of wall time (or ``max_steps``); checkpoint to ``out`` every 5 min."""
+    """Train for ``minutes`` of wall time (or ``max_steps``); checkpoint to ``out`` every 5 min.
+
+    Each image embedding gets two contrastive losses: InfoNCE against the batch's captions
+    (pairs with equal keys are positives) and cross-entropy against the whole vocabulary.
+    """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     if init is not None:  # continue from a saved model (a fresh schedule, same objective)
@@ -156,41 +215,47 @@ def train(
         betas=(0.9, 0.98),
         eps=1e-6,
     )
-    rng = np.random.default_rng(seed)
-    next_seed = int(rng.integers(0, TRAIN_SEED_LIMIT))
+    batches = torch.utils.data.DataLoader(
+        PairBatches(seed, batch, model.config.vision_config.image_size),
+        batch_size=None,
+        num_workers=1,
+        prefetch_factor=4,
+    )
     budget = minutes * 60.0
     start = last_ckpt = time.time()
     step, seen = 0, 0
-    weights = {"cls": 1.0, "penultimate": 1.0, "patch_mean": 1.0}
-    while (elapsed := time.time() - start) < budget and (max_steps is None or step < max_steps):
-        hires = step % hires_every == hires_every - 1
-        n = hires_batch if hires else batch
-        pairs = [training_pair((next_seed + i) % TRAIN_SEED_LIMIT) for i in range(n)]
-        next_seed = (next_seed + n) % TRAIN_SEED_LIMIT
-        seen += n
-        pixels = to_pixels([p.image for p in pairs], 128 if hires else 64)
-        ids, mask = tokens([p.caption for p in pairs])
+    for data in batches:
+        elapsed = time.time() - start
+        if elapsed >= budget or (max_steps is not None and step >= max_steps):
+            break
+        seen += len(data["keys"])
         # a step budget makes the schedule (and so the run) independent of machine speed
         progress = step / max_steps if max_steps else elapsed / budget
         for g in opt.param_groups:
             g["lr"] = lr_at(progress, lr)
-        imgs = image_embeddings(model, pixels)
+        imgs = image_embeddings(model, data["pixels"])
+        n = len(data["captions"])
+        ids, mask = tokens(data["captions"] + data["bank"])
         txt = text_embeddings(model, ids, mask)
+        captions, bank = txt[:n], txt[n:]
         scale = model.logit_scale.exp().clamp(max=100)
-        keys = [p.key for p in pairs]
-        losses = {k: contrastive_loss(v, txt, keys, scale) for k, v in imgs.items()}
-        loss = sum(weights[k] * v for k, v in losses.items())
+        losses = {k: contrastive_loss(v, captions, data["keys"], scale) for k, v in imgs.items()}
+        losses.update(
+            {f"{k}_bank": bank_loss(v, bank, data["targets"], scale) for k, v in imgs.items()}
+        )
+        loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 20 == 0:
+        if step % 50 == 0:
             parts = " ".join(f"{k}={v.item():.3f}" for k, v in losses.items())
             log(
-                f"step {step} t={elapsed:.0f}s seen={seen} hires={hires} loss={loss.item():.3f} "
-                f"{parts} scale={scale.item():.1f} lr={opt.param_groups[0]['lr']:.2e}"
+                f"step {step} t={elapsed:.0f}s seen={seen} "
+                f"loss={loss.item():.3f} {parts} scale={scale.item():.1f} "
+                f"lr={opt.param_groups[0]['lr']:.2e}"
             )
         if time.time() - last_ckpt > 300:
             save_clip_folder(model, out / "checkpoint", tokenizer_dir, dtype=torch.float32)
@@ -215,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", type=Path, help="continue training from this CLIPModel folder")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    ap.add_argument("--width", type=int, default=64, help="width of both towers (x64 = heads)")
+    ap.add_argument("--image-size", type=int, default=64, help="the image tower's input side")
+    ap.add_argument("--batch", type=int, default=96)
     ap.add_argument(
         "--steps",
         type=int,
@@ -243,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
             max_steps=args.steps,
             lr=args.lr,
             init=args.init,
+            batch=args.batch,
+            model_kwargs={"width": args.width, "image_size": args.image_size},
             log=log,
         )
         for role in ("proposal", "classifier"):
