@@ -81,8 +81,10 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     from cliprnn.bench.accuracy import DEFAULT_SEEDS, format_table, run_accuracy_benchmark
+    from cliprnn.config import CaRConfig
 
-    report = run_accuracy_benchmark(args.seeds or DEFAULT_SEEDS)
+    config = CaRConfig.preset("mini", dtype=args.dtype)
+    report = run_accuracy_benchmark(args.seeds or DEFAULT_SEEDS, config)
     print(json.dumps(report) if args.json else format_table(report))
     return 0
 
@@ -92,7 +94,7 @@ def _cmd_bench_speed(args: argparse.Namespace) -> int:
 
     report = run_speed_benchmark(
         queries=args.queries, steps=args.steps, dataset=args.dataset, device=args.device,
-        baseline=not args.no_baseline,
+        baseline=not args.no_baseline, bf16=args.bf16,
     )  # fmt: skip
     print(json.dumps(report) if args.json else format_table(report))
     return 0
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     acc = sub.add_parser("bench-accuracy", help="mIoU on generated scenes with the bundled model")
     acc.add_argument("--seeds", type=_parse_seeds, help="START:END (held-out by default)")
     acc.add_argument("--json", action="store_true")
+    acc.add_argument("--dtype", default="float32", help="float32 or bfloat16 (autocast)")
     acc.set_defaults(func=_cmd_bench_accuracy)
 
     spd = sub.add_parser("bench-speed", help="seconds per image at the paper's model sizes")
@@ -132,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     spd.add_argument("--dataset", type=int, default=0, help="also time N images end to end")
     spd.add_argument("--device", default="cpu")
     spd.add_argument("--no-baseline", action="store_true", help="skip the unoptimised run")
+    spd.add_argument(
+        "--bf16", action="store_true", help="also time bfloat16 autocast (not output-identical)"
+    )
     spd.add_argument("--json", action="store_true")
     spd.set_defaults(func=_cmd_bench_speed)
     return parser

@@ -42,6 +42,7 @@ def test_variants_switch_off_one_stage_each() -> None:
     assert VARIANTS["single_step"] == {"max_steps": 1}
     assert VARIANTS["no_crf"] == {"crf": False}
     assert VARIANTS["gradcam"] == {"refine_affinity": False}
+    assert VARIANTS["affinity"] == {"refine_affinity": True}
 
 
 def test_format_table_shows_every_row() -> None:
@@ -53,21 +54,23 @@ def test_format_table_shows_every_row() -> None:
     assert "one step" in table and " 20.0" in table
     assert "no CRF" in table and "Grad-CAM" in table and " 30.2" in table
     assert "91.5 %" in table and "80.0 %" in table and "40 images" in table
+    assert "affinity refinement" in format_table({**report, "affinity_miou": 12.5})
+    assert " 12.5" in format_table({**report, "affinity_miou": 12.5})
 
 
 @shipped
 def test_full_car_keeps_present_queries_and_drops_absent_ones() -> None:
     # 16 held-out scenes, the whole class list (24 queries) each time. The shipped model keeps
-    # present classes 3-4x as often as absent ones (measured 0.175 vs 0.049); a randomly
-    # initialised model of the same shape, or a pipeline that scores the wrong prompted image,
-    # keeps both at about the same rate (measured 0.050 vs 0.041) and fails here.
+    # present classes about 11x as often as absent ones (measured 0.45 vs 0.041, mIoU 37.9); a
+    # randomly initialised model of the same shape, or a pipeline that scores the wrong
+    # prompted image, keeps both at about the same rate (an earlier check: 0.050 vs 0.041).
     report = run_accuracy_benchmark(range(10_000_000, 10_000_016), _tuned(), variants=("car",))
     assert report["images"] == 16
     absent_kept = 1.0 - report["absent_dropped"]
-    assert report["present_kept"] >= 0.12, report
-    assert report["present_kept"] >= 2.5 * absent_kept, report
+    assert report["present_kept"] >= 0.3, report
+    assert report["present_kept"] >= 5 * absent_kept, report
     assert report["absent_dropped"] >= 0.9, report
-    assert 0.0 < report["car_miou"] <= 100.0, report
+    assert report["car_miou"] >= 20.0, report
 
 
 @shipped
