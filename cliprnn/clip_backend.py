@@ -167,7 +167,7 @@ class ClipBackend:
         """Load a CLIP by Hugging Face hub name or local ``CLIPModel`` folder.
 
         Raises ModelLoadError naming the role, the name, where it looked and how to use a local
-        copy. Computation is in fp32; ``dtype`` float16/bfloat16 means autocast on CUDA. With
+        copy. Weights stay fp32; ``dtype`` float16/bfloat16 means autocast (see ``autocast``). With
         ``compact_weights``, weights exact in 16 bits are held in 16 bits.
         """
         from transformers import CLIPModel
@@ -319,9 +319,15 @@ class ClipBackend:
         return self.model.vision_model.encoder.layers
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Autocast to ``dtype`` on CUDA when a reduced precision is asked; else a no-op."""
+        """Autocast to ``dtype`` when a reduced precision is asked; else a no-op.
+
+        CUDA takes float16 or bfloat16; a CPU takes bfloat16 only (fast where it has AMX or
+        AVX-512 BF16 units), and computes in fp32 when float16 is asked.
+        """
         if self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16):
             return torch.autocast(device_type="cuda", dtype=self.dtype)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _few_threads(self) -> contextlib.AbstractContextManager[Any]:

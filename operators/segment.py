@@ -44,6 +44,16 @@ ADVANCED = {
     "sam_checkpoint": ("str", "SAM checkpoint file (optional refinement)"),
     "mode": ("mode", "Mode"),
     "device": ("device", "Device"),
+    "dtype": ("dtype", "Precision"),
+}
+#: Choices of the enum-like advanced fields, with a note shown under the field.
+ENUM_FIELDS = {
+    "device": (("auto", "cpu", "cuda", "mps"), None),
+    "dtype": (
+        ("float32", "bfloat16", "float16"),
+        "float32 is exact. bfloat16 autocast is about 2x faster on CPUs with AMX (and on GPUs) "
+        "at a small accuracy cost; float16 applies on CUDA only",
+    ),
 }
 
 
@@ -144,7 +154,7 @@ class Segment(foo.Operator):
         ``advanced`` keyword arguments override its fields (``proposal_model``,
         ``classifier_model``, ``mask_threshold``, ``confidence_threshold``,
         ``clipes_threshold``, ``visual_prompts``, ``background_words``, ``crf``,
-        ``sam_checkpoint``, ``mode``, ``device``).
+        ``sam_checkpoint``, ``mode``, ``device``, ``dtype``).
 
         Immediate runs are limited to ``FIFTYONE_OPERATOR_TIMEOUT`` seconds (600 by default);
         for large collections pass ``delegate=True`` or call
@@ -318,14 +328,15 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
                 label=label,
                 view=types.RadioGroup(),
             )
-        elif kind == "device":
-            devices = ["auto", "cpu", "cuda", "mps"]
+        elif kind in ENUM_FIELDS:
+            choices, note = ENUM_FIELDS[kind]
             inputs.enum(
                 name,
-                devices,
-                default=default if default in devices else "auto",
+                list(choices),
+                default=default if default in choices else choices[0],
                 label=label,
-                view=types.DropdownView(),
+                description=note,
+                view=choices_view(types.DropdownView, list(choices)),
             )
     try:
         kwargs = run_kwargs({**ctx.params, "advanced": True})

@@ -108,6 +108,21 @@ def test_measure_reports_stages_and_a_label_map_digest() -> None:
     assert out["peak_rss_mb"] > 0
 
 
+def test_bf16_run_saves_its_label_map_and_reports_agreement(tmp_path) -> None:
+    from cliprnn.bench.speed import run_speed_benchmark
+
+    labels = str(tmp_path / "l.npy")
+    out = measure(queries=2, steps=2, device="cpu", optimised=True, repeats=0,
+                  archs=(TINY, TINY), dtype="bfloat16", labels_out=labels)  # fmt: skip
+    assert np.load(tmp_path / "l.npy").shape == (375, 500)
+    report = run_speed_benchmark(queries=2, steps=2, baseline=False, archs=(TINY, TINY),
+                                 repeats=0, bf16=True)  # fmt: skip
+    assert 0.0 <= report["bf16_pixel_agreement"] <= 1.0
+    assert report["bf16_speedup"] > 0 and "bf16_stages" in report
+    assert "bf16 pixels equal to fp32" in format_table(report)
+    assert out["steps"] == 2
+
+
 def test_format_table_lists_the_headline_numbers() -> None:
     report = {
         "device": "cpu", "threads": 2, "archs": ["ViT-B/16", "ViT-L/14"], "queries": 20,

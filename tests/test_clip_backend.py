@@ -272,8 +272,23 @@ def test_cam_head_is_softmax_of_scaled_cosine(backend: ClipBackend) -> None:
     torch.testing.assert_close(probs, (backend.logit_scale * cos).softmax(-1), atol=1e-6, rtol=0)
 
 
-def test_autocast_is_noop_on_cpu(tiny_clip_dir: Path) -> None:
+def test_float16_autocast_is_noop_on_cpu(tiny_clip_dir: Path) -> None:
     b = ClipBackend.load(tiny_clip_dir, dtype=torch.float16)
     with b.autocast():
         assert b.encode_text(["cat"]).dtype == torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert next(b.model.parameters()).dtype == torch.float32
+
+
+def test_bfloat16_autocasts_on_cpu_with_fp32_weights_and_outputs(tiny_clip_dir: Path) -> None:
+    b = ClipBackend.load(tiny_clip_dir, dtype=torch.bfloat16)
+    with b.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert next(b.model.parameters()).dtype == torch.float32
+    exact = ClipBackend.load(tiny_clip_dir)
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    low = b.image_embeddings(b.classifier_input([image]), truncated=True)
+    ref = exact.image_embeddings(exact.classifier_input([image]), truncated=True)
+    assert low.dtype == torch.float32
+    assert not torch.equal(low, ref)  # it really ran in reduced precision
+    torch.testing.assert_close(low, ref, atol=0.05, rtol=0)

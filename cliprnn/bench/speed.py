@@ -19,6 +19,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -66,12 +67,15 @@ PAPER_ARCHS: tuple[str, str] = ("ViT-B/16", "ViT-L/14")
 
 
 def build_car(
-    device: str = "cpu", optimised: bool = True, archs: tuple[Any, Any] = PAPER_ARCHS
+    device: str = "cpu",
+    optimised: bool = True,
+    archs: tuple[Any, Any] = PAPER_ARCHS,
+    dtype: str | None = None,
 ) -> Any:
     """A VOC-preset CaR over random-weight CLIPs of ``archs`` (names or architecture dicts).
 
     ``optimised`` turns every speed switch on (the default config) or off (the reference's
-    schedule). On CUDA the models run under float16 autocast.
+    schedule). ``dtype`` defaults to float16 autocast on CUDA and fp32 on a CPU.
     """
     import torch
     from transformers import CLIPTokenizer
@@ -86,11 +90,11 @@ def build_car(
     config = CaRConfig.preset(
         "voc", device=device, max_image_side=None, proposal_model=f"random:{names[0]}",
         classifier_model=f"random:{names[1]}",
-        dtype="float16" if "cuda" in device else "float32", **switches,
+        dtype=dtype or ("float16" if "cuda" in device else "float32"), **switches,
     )  # fmt: skip
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir()))
     dev = resolve_device(device)
-    dtype = {"float32": torch.float32, "float16": torch.float16}[config.dtype]
+    dtype = getattr(torch, config.dtype)
     car = CaR(config)
     # the larger classifier first: its fp32 build transient then meets the smaller model only
     for role, arch, name, seed in reversed(
@@ -117,15 +121,17 @@ def query_names(queries: int) -> list[str]:
 
 def measure(
     *, queries: int, steps: int, device: str, optimised: bool, repeats: int = 1,
-    archs: tuple[Any, Any] = PAPER_ARCHS,
+    archs: tuple[Any, Any] = PAPER_ARCHS, dtype: str | None = None,
+    labels_out: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run CaR in this process: seconds, stage timings, peak RSS and the outputs' digest.
 
     The first call on the bench image is the cold figure (``first_image_seconds``: text
     embeddings not cached yet); ``seconds_per_image`` is the best of ``repeats`` further calls,
     the steady state of a dataset run. ``repeats=0`` reports the cold call only.
+    ``labels_out`` saves the label map there (``.npy``).
     """
-    car = build_car(device, optimised, archs)
+    car = build_car(device, optimised, archs, dtype)
     image = bench_image()
     names = query_names(queries)
     car.forced_schedule = drop_schedule(len(names), steps)
@@ -138,6 +144,8 @@ def measure(
     cold = runs[0][0]
     seconds, result = min(runs[1:] or runs, key=lambda r: r[0])
     digest = hashlib.sha256(result.label_map.astype(np.int32).tobytes()).hexdigest()
+    if labels_out:
+        np.save(labels_out, result.label_map.astype(np.int32))
     return {
         "seconds_per_image": seconds,
         "first_image_seconds": cold,
@@ -182,11 +190,20 @@ def _load_average() -> list[float] | None:
 def run_speed_benchmark(
     *, queries: int = 20, steps: int = 2, dataset: int = 0, device: str = "cpu",
     baseline: bool = True, archs: tuple[Any, Any] = PAPER_ARCHS, repeats: int = 1,
+    bf16: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """The full report of bench-speed (see the module docstring)."""
+    """The full report of bench-speed (see the module docstring).
+
+    ``bf16`` adds a run under bfloat16 autocast (not output-identical: it reports the share of
+    pixels whose label matches the float32 run).
+    """
     common = dict(steps=steps, device=device, archs=archs)
     load_before = _load_average()
-    opt = _measure_in_subprocess(queries=queries, optimised=True, repeats=repeats, **common)
+    workdir = tempfile.TemporaryDirectory(prefix="cliprnn-bench-")
+    fp32_labels = os.path.join(workdir.name, "fp32.npy")
+    opt = _measure_in_subprocess(
+        queries=queries, optimised=True, repeats=repeats, labels_out=fp32_labels, **common
+    )
     one = _measure_in_subprocess(queries=1, optimised=True, repeats=repeats, **common)
     marginal = (opt["seconds_per_image"] - one["seconds_per_image"]) / max(1, queries - 1)
     report: dict[str, Any] = {
@@ -219,6 +236,20 @@ def run_speed_benchmark(
                 np.max(np.abs(np.subtract(base["scores"], opt["scores"])), initial=0.0)
             ),
         )
+    if bf16:
+        bf16_labels = os.path.join(workdir.name, "bf16.npy")
+        low = _measure_in_subprocess(
+            queries=queries, optimised=True, repeats=repeats, dtype="bfloat16",
+            labels_out=bf16_labels, **common,
+        )  # fmt: skip
+        report.update(
+            bf16_seconds_per_image=low["seconds_per_image"],
+            bf16_stages=low["stages"],
+            bf16_speedup=opt["seconds_per_image"] / low["seconds_per_image"],
+            bf16_pixel_agreement=float(np.mean(np.load(fp32_labels) == np.load(bf16_labels))),
+            bf16_peak_rss_mb=round(low["peak_rss_mb"], 1),
+        )
+    workdir.cleanup()
     if dataset:
         from cliprnn.bench.throughput import dataset_throughput
 
@@ -252,6 +283,12 @@ def format_table(report: dict[str, Any]) -> str:
             ("speedup", f"{report['speedup']:.1f}x"),
             ("identical label maps", str(report["identical"])),
             ("max score difference", f"{report['max_score_difference']:.1e}"),
+        ]
+    if "bf16_seconds_per_image" in report:
+        rows += [
+            ("bf16 seconds per image", f"{report['bf16_seconds_per_image']:.2f}"),
+            ("bf16 speedup over fp32", f"{report['bf16_speedup']:.1f}x"),
+            ("bf16 pixels equal to fp32", f"{100 * report['bf16_pixel_agreement']:.2f} %"),
         ]
     if "dataset" in report:
         data = report["dataset"]

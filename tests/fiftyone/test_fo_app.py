@@ -172,6 +172,17 @@ def test_form_rejects_bad_advanced_settings(app_server, app_dataset) -> None:
     assert "confidence_threshold" in props["config_error"]["error_message"]
 
 
+def test_form_offers_precision_and_rejects_an_unknown_one(app_server, app_dataset) -> None:
+    params = {"queries": ["a"], "advanced": True}
+    props = _form(app_server, app_dataset, params)["type"]["properties"]
+    choices = [c["value"] for c in props["dtype"]["view"]["choices"]]
+    assert choices == ["float32", "bfloat16", "float16"]
+    assert props["dtype"]["default"] == "float32"
+    assert "AMX" in props["dtype"]["view"]["description"]
+    props = _form(app_server, app_dataset, {**params, "dtype": "int8"})["type"]["properties"]
+    assert "dtype" in props["config_error"]["error_message"]
+
+
 def test_generator_execution_streams_progress_and_writes_selected(
     app_server, app_dataset, tiny_config
 ) -> None:
