@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import numpy as np
 from cliprnn.config import CaRConfig
 from cliprnn.errors import ConfigError, QueryError
 from cliprnn.result import CaRResult, StepTrace
+from cliprnn.timing import timed
 
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
 
@@ -154,7 +153,7 @@ class CaR:
         self.load()
         normalized = self._normalize(queries)
         names = normalized.queries
-        with _timed(timings, "decode"):
+        with timed(timings, "decode"):
             full = load_image(image)
         height, width = full.shape[:2]
         small_hw = inference_size(height, width, self.config.max_image_side)
@@ -190,18 +189,18 @@ class CaR:
         pass_masks: list[tuple[list[int], np.ndarray, np.ndarray]] = []
         for idx, background, prompts, bg_factor in passes:
             if state is None or not self.config.reuse_dense_pass:
-                with _timed(timings, "dense"):
+                with timed(timings, "dense"):
                     state = self.proposal_generator.prepare(work)
             out = self._recurrence(
                 work, [names[i] for i in idx], background, prompts, state, trace, timings
             )
             steps = max(steps, out.steps)
             traces.extend(out.trace)
-            with _timed(timings, "crf"):
+            with timed(timings, "crf"):
                 final_masks, lost = self._postprocess(work, out.proposals, bg_factor)
             pass_scores = np.where(lost, 0.0, out.scores).astype(np.float32)
             if self.sam is not None:
-                with _timed(timings, "sam"):
+                with timed(timings, "sam"):
                     final_masks = self.sam.refine(work, final_masks)
             global_idx = [idx[j] for j in out.live]
             masks[global_idx] = final_masks
@@ -209,7 +208,7 @@ class CaR:
             scores[global_idx] = pass_scores
             pass_masks.append((global_idx, final_masks, pass_scores))
 
-        with _timed(timings, "labels"):
+        with timed(timings, "labels"):
             label_map = self._label_map(pass_masks, work.shape[:2], stuff_first=bool(stuff_idx))
             if small_hw != (height, width):
                 from cliprnn.imageio import resize_masks_nearest, resize_soft
@@ -279,7 +278,7 @@ class CaR:
             steps = step + 1
             live_names = [names[i] for i in live]
             if step > 0 and not cfg.reuse_dense_pass:
-                with _timed(timings, "dense"):
+                with timed(timings, "dense"):
                     state = self.proposal_generator.prepare(image)
             proposals, extras = self._propose(state, live_names, background, step, trace)
             for stage, seconds in extras.pop("timings", {}).items():  # dense, text, cam, affinity
@@ -287,14 +286,14 @@ class CaR:
             if prev and not proposals.reshape(len(live), -1).any():
                 proposals = np.stack([prev[i] for i in live])  # the reference's stale-mask guard
             prev = {i: proposals[j] for j, i in enumerate(live)}
-            with _timed(timings, "prompts"):
+            with timed(timings, "prompts"):
                 prompted = [
                     apply_visual_prompts(
                         image, proposals[j], prompts, cfg.mask_threshold, faithful=cfg.faithful
                     )
                     for j in range(len(live))
                 ]
-            with _timed(timings, "classifier"):
+            with timed(timings, "classifier"):
                 score_matrix, cls_extras = self.classifier.score(prompted, live_names, trace=trace)
             diag = np.diag(score_matrix).astype(np.float32)
             kept_local = [int(j) for j in keep_decisions(diag, cfg.confidence_threshold)]
@@ -415,12 +414,3 @@ def _same_model(a: str, b: str) -> bool:
     if pa.exists() and pb.exists():
         return pa.resolve() == pb.resolve()
     return a == b
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str):
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +12,7 @@ import torch
 
 from cliprnn.clip_backend import ClipBackend, DenseState
 from cliprnn.config import CaRConfig
+from cliprnn.timing import timed
 
 EPS = 1e-15
 
@@ -186,21 +185,6 @@ def gradcam(
     return _cam_from_gradients(activation, weights), head
 
 
-class _Clock:
-    """Seconds per named stage, accumulated over ``with clock(name):`` blocks."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-
 class ProposalGenerator:
     """Soft masks, one per live query, from Grad-CAM + CLIP-ES affinity refinement."""
 
@@ -242,16 +226,16 @@ class ProposalGenerator:
         """
         cfg = self.config
         backend = self.backend
-        clock = _Clock()
+        timings: dict[str, float] = {}
         if state.dense is None or state.affinity2 is None:
-            with clock("dense"):
+            with timed(timings, "dense"):
                 dense, affinity2 = self._dense(state.pixel_values)
         else:
             dense, affinity2 = state.dense, state.affinity2
         n = len(cam_texts)
         if n == 0:
-            return np.zeros((0, *state.image_hw), dtype=np.float32), {"timings": clock.seconds}
-        with clock("text"):
+            return np.zeros((0, *state.image_hw), dtype=np.float32), {"timings": timings}
+        with timed(timings, "text"):
             fg = backend.encode_text(cam_texts)
             # the reference averages over a single template, then renormalises
             fg = fg / fg.norm(dim=-1, keepdim=True)
@@ -261,14 +245,14 @@ class ProposalGenerator:
                 else fg[:0]
             )
             texts = torch.cat([fg, bg])
-        with clock("cam"):
+        with timed(timings, "cam"):
             cams, head = gradcam(backend, dense, texts, range(n), batched=cfg.batched_cam)
             fallback = ~(cams > 0).reshape(n, -1).any(axis=1)
             if fallback.any() and len(bg):
                 idx = np.flatnonzero(fallback)
                 redo, _ = gradcam(backend, dense, fg, idx.tolist(), batched=cfg.batched_cam)
                 cams[idx] = redo
-        with clock("affinity"):
+        with timed(timings, "affinity"):
             gh, gw = dense.grid_hw
             boxes = [scoremap2bbox(c, cfg.clipes_threshold, faithful=cfg.faithful) for c in cams]
             box_mask = np.stack([boxes_to_mask(b, gh, gw) for b in boxes])
@@ -287,5 +271,5 @@ class ProposalGenerator:
                 "cam_fg_text_features": fg.cpu().numpy().astype(np.float32),
                 "cam_texts": list(cam_texts),
             }
-        extras["timings"] = clock.seconds
+        extras["timings"] = timings
         return proposals, extras
