@@ -1,9 +1,11 @@
-"""Contrastive image-text training of the miniature CLIP on generated scenes (time-budgeted).
+"""Contrastive image-text training of the miniature CLIP on generated scenes.
 
-Run: ``python -m cliprnn.mini_clip.train --seed 0 --minutes 40 --out DIR``. Only image-text
-pairs are used (no mask supervision). Three image embeddings share one contrastive loss each:
-the final CLS token (standard CLIP), the penultimate block's CLS token (what CaR's faithful
-classifier reads) and the mean of the final patch tokens (what CaR's Grad-CAM head reads).
+Run: ``python -m cliprnn.mini_clip.train --seed 0 --steps 5000 --out DIR`` (or ``--minutes M``
+for a wall-time budget). Only image-text pairs are used (no mask supervision). Three image
+embeddings are trained: the final CLS token (standard CLIP), the penultimate block's CLS token
+(what CaR's faithful classifier reads) and the mean of the final patch tokens (what CaR's
+Grad-CAM head reads). Each gets a caption InfoNCE and a cross-entropy against the whole
+vocabulary's texts.
 """
 
 from __future__ import annotations
@@ -107,6 +109,11 @@ def text_embeddings(model: CLIPModel, ids: torch.Tensor, mask: torch.Tensor) -> 
     return F.normalize(model.text_projection(out.pooler_output), dim=-1)
 
 
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the cross-entropy between softmax(``logits``) and ``targets``."""
+    return torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+
+
 def contrastive_loss(
     img: torch.Tensor, txt: torch.Tensor, keys: list[str], scale: torch.Tensor
 ) -> torch.Tensor:
@@ -114,10 +121,7 @@ def contrastive_loss(
     same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
     target = same / same.sum(dim=1, keepdim=True)
     logits = scale * img @ txt.t()
-    return 0.5 * (
-        torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
-        + torch.sum(-target * F.log_softmax(logits.t(), 1), 1).mean()
-    )
+    return 0.5 * (soft_cross_entropy(logits, target) + soft_cross_entropy(logits.t(), target))
 
 
 def lr_at(progress: float, base: float, warmup: float = 0.03) -> float:
@@ -136,8 +140,7 @@ def bank_loss(img: torch.Tensor, bank: torch.Tensor, targets: torch.Tensor, scal
     ``targets`` [B, V] spreads each image's probability mass evenly over the labels it shows,
     so the other (often confusable) classes are the negatives, as the live queries are in CaR.
     """
-    logits = scale * img @ bank.t()
-    return torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+    return soft_cross_entropy(scale * img @ bank.t(), targets)
 
 
 class PairBatches(torch.utils.data.IterableDataset):
