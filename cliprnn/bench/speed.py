@@ -66,6 +66,11 @@ def bench_image(seed: int = 0) -> np.ndarray:
 PAPER_ARCHS: tuple[str, str] = ("ViT-B/16", "ViT-L/14")
 
 
+def arch_names(archs: tuple[Any, Any]) -> list[str]:
+    """Each architecture's name, or "custom" for one given as a dict."""
+    return [a if isinstance(a, str) else "custom" for a in archs]
+
+
 def build_car(
     device: str = "cpu",
     optimised: bool = True,
@@ -85,7 +90,7 @@ def build_car(
     from cliprnn.clip_backend import ClipBackend, resolve_device
     from cliprnn.random_clip import random_clip_model
 
-    names = [a if isinstance(a, str) else "custom" for a in archs]
+    names = arch_names(archs)
     switches = dict.fromkeys(SPEED_SWITCHES, optimised)
     config = CaRConfig.preset(
         "voc", device=device, max_image_side=None, proposal_model=f"random:{names[0]}",
@@ -199,16 +204,23 @@ def run_speed_benchmark(
     """
     common = dict(steps=steps, device=device, archs=archs)
     load_before = _load_average()
-    workdir = tempfile.TemporaryDirectory(prefix="cliprnn-bench-")
-    fp32_labels = os.path.join(workdir.name, "fp32.npy")
-    opt = _measure_in_subprocess(
-        queries=queries, optimised=True, repeats=repeats, labels_out=fp32_labels, **common
-    )
+    with tempfile.TemporaryDirectory(prefix="cliprnn-bench-") as workdir:
+        fp32_labels, bf16_labels = (os.path.join(workdir, f"{d}.npy") for d in ("fp32", "bf16"))
+        opt = _measure_in_subprocess(
+            queries=queries, optimised=True, repeats=repeats,
+            labels_out=fp32_labels if bf16 else None, **common,
+        )  # fmt: skip
+        if bf16:
+            low = _measure_in_subprocess(
+                queries=queries, optimised=True, repeats=repeats, dtype="bfloat16",
+                labels_out=bf16_labels, **common,
+            )  # fmt: skip
+            agreement = float(np.mean(np.load(fp32_labels) == np.load(bf16_labels)))
     one = _measure_in_subprocess(queries=1, optimised=True, repeats=repeats, **common)
     marginal = (opt["seconds_per_image"] - one["seconds_per_image"]) / max(1, queries - 1)
     report: dict[str, Any] = {
         "device": device,
-        "archs": [a if isinstance(a, str) else "custom" for a in archs],
+        "archs": arch_names(archs),
         "queries": queries,
         "schedule": drop_schedule(queries, steps),
         "seconds_per_image": opt["seconds_per_image"],
@@ -237,19 +249,13 @@ def run_speed_benchmark(
             ),
         )
     if bf16:
-        bf16_labels = os.path.join(workdir.name, "bf16.npy")
-        low = _measure_in_subprocess(
-            queries=queries, optimised=True, repeats=repeats, dtype="bfloat16",
-            labels_out=bf16_labels, **common,
-        )  # fmt: skip
         report.update(
             bf16_seconds_per_image=low["seconds_per_image"],
             bf16_stages=low["stages"],
             bf16_speedup=opt["seconds_per_image"] / low["seconds_per_image"],
-            bf16_pixel_agreement=float(np.mean(np.load(fp32_labels) == np.load(bf16_labels))),
+            bf16_pixel_agreement=agreement,
             bf16_peak_rss_mb=round(low["peak_rss_mb"], 1),
         )
-    workdir.cleanup()
     if dataset:
         from cliprnn.bench.throughput import dataset_throughput
 
