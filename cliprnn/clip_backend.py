@@ -436,17 +436,8 @@ class ClipBackend:
     @staticmethod
     def block_no_weights(layer: Any, x: torch.Tensor) -> torch.Tensor:
         """One encoder block without gradient, not keeping its attention weights."""
-        attn = layer.self_attn
-        b, t, _ = x.shape
         h = layer.layer_norm1(x)
-        shape = (b, t, -1, attn.head_dim)
-        q = attn.q_proj(h).view(shape).transpose(1, 2)
-        k = attn.k_proj(h).view(shape).transpose(1, 2)
-        v = attn.v_proj(h).view(shape).transpose(1, 2)
-        weights = torch.matmul(q, k.transpose(-1, -2)).mul_(attn.scale)
-        weights = weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-        mixed = torch.matmul(weights, v).transpose(1, 2).reshape(b, t, -1)
-        x = _add_into(attn.out_proj(mixed), x)
+        x = _add_into(_attention_no_grad(layer.self_attn, h, h), x)
         return _add_into(_mlp_no_grad(layer.mlp, layer.layer_norm2(x)), x)
 
     def dense_pass(
@@ -557,17 +548,8 @@ class ClipBackend:
     @staticmethod
     def cls_block(layer: Any, x: torch.Tensor) -> torch.Tensor:
         """One encoder block's output for the CLS token only ([B, D]); keys see every token."""
-        attn = layer.self_attn
-        b, t, _ = x.shape
         h = layer.layer_norm1(x)
-        heads = (b, -1, attn.head_dim)
-        q = attn.q_proj(h[:, 0]).view(*heads).unsqueeze(2)  # [B, H, 1, hd]
-        k = attn.k_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
-        weights = torch.matmul(q, k.transpose(-1, -2)) * attn.scale
-        weights = weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-        mixed = torch.matmul(weights, v).reshape(b, -1)
-        y = _add_into(attn.out_proj(mixed), x[:, 0])
+        y = _add_into(_attention_no_grad(layer.self_attn, h, h[:, :1])[:, 0], x[:, 0])
         return _add_into(_mlp_no_grad(layer.mlp, layer.layer_norm2(y)), y)
 
 
@@ -582,6 +564,22 @@ def _one_thread() -> Any:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _attention_no_grad(attn: Any, h: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Self-attention output (after ``out_proj``) at the ``queries`` tokens over all of ``h``.
+
+    ``h`` [B, T, D] are the normalised tokens; ``queries`` [B, Q, D] are some of them.
+    """
+    b, t, _ = h.shape
+    n = queries.shape[1]
+    q = attn.q_proj(queries).view(b, n, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
+    weights = torch.matmul(q, k.transpose(-1, -2)).mul_(attn.scale)
+    weights = weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    mixed = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, -1)
+    return attn.out_proj(mixed)
 
 
 def _add_into(out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
