@@ -607,3 +607,13 @@ def _pad_square(pil: Image.Image) -> Image.Image:
     canvas = Image.new("RGB", (side, side), fill)
     canvas.paste(pil.convert("RGB"), ((side - w) // 2, (side - h) // 2))
     return canvas
+
+
+def model_problem(name_or_path: str | Path, role: str = "proposal") -> str | None:
+    """Why the CLIP ``name_or_path`` cannot be loaded here without touching its weights (not a
+    CLIP folder, or offline and not cached), or None when it can be (or will download)."""
+    try:
+        ClipBackend._locate(str(name_or_path), role)
+    except ModelLoadError as e:
+        return str(e)
+    return None

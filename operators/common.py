@@ -40,24 +40,39 @@ def fail(inputs: types.Object, name: str, message: str) -> None:
     prop.error_message = message
 
 
-def delegation_inputs(ctx, inputs: types.Object, count: int) -> None:
-    """The ``delegate`` switch, with a recommendation for large targets."""
-    inputs.bool(
-        "delegate",
-        default=count > DELEGATE_ABOVE,
-        label="Delegate execution?",
-        description="Queue the run for a delegated-operations worker "
-        "(`fiftyone delegated launch`) instead of running it now",
-        view=types.CheckboxView(),
-    )
-    if count > DELEGATE_ABOVE and not ctx.params.get("delegate", True):
+def delegation_inputs(inputs: types.Object, count: int) -> None:
+    """A recommendation to schedule large runs (the Execute button's menu chooses)."""
+    if count > DELEGATE_ABOVE:
         inputs.view(
             "delegate_warning",
-            types.Warning(
-                label=f"{count} samples: consider delegating; runs in the App stop after "
-                "FIFTYONE_OPERATOR_TIMEOUT (600 s by default)"
+            types.Notice(
+                label=f"{count} samples: choose Schedule in the Execute menu to run it on a "
+                "delegated-operations worker (`fiftyone delegated launch`); runs in the App stop "
+                "after FIFTYONE_OPERATOR_TIMEOUT (600 s by default)"
             ),
         )
+
+
+def free_field_name(dataset, base: str, suffixes: Iterable[str] = ("",)) -> str:
+    """``base``, or ``base_2``, ``base_3``... : the first name none of whose ``suffixes``
+    variants is a field of ``dataset``."""
+    n = 1
+    while True:
+        name = base if n == 1 else f"{base}_{n}"
+        if not any(dataset.has_field(name + s) for s in suffixes):
+            return name
+        n += 1
+
+
+def refresh_app(ctx, fields: Iterable[str] = ()) -> list:
+    """Make the App show labels an operator changed: reload the dataset, the grid and the open
+    sample (an open sample keeping old labels writes them back on its next edit), and show
+    ``fields``. Returns the trigger messages, for a generator operator to yield."""
+    fields = list(fields)
+    messages = [ctx.ops.reload_dataset(), ctx.ops.reload_samples()]
+    if fields:
+        messages.append(ctx.ops.set_active_fields(fields=fields))
+    return messages
 
 
 def segmentation_fields(dataset) -> list[str]:

@@ -14,6 +14,7 @@ from .common import (
     detections_fields,
     execute_from_sdk,
     fail,
+    refresh_app,
     requested_delegation,
     segmentation_fields,
 )
@@ -25,15 +26,35 @@ ACTIONS = {
 }
 
 
+DIRECTIONS = {
+    "to_segmentation": "Instances → semantic mask (fold the edits back)",
+    "to_detections": "Semantic mask → instances (rebuild the instances)",
+}
+
+
+def _partner(dataset, seg_field: str, dets: list[str]) -> str | None:
+    """The Detections field a run wrote beside ``seg_field`` (its run record, else
+    ``<seg_field>_det``), if the dataset has it."""
+    from cliprnn.fiftyone.runs import run_info
+
+    info = run_info(dataset, seg_field) or {}
+    recorded = (info.get("fields") or {}).get("detections")
+    for name in (recorded, f"{seg_field}_det"):
+        if name and name in dets:
+            return name
+    return None
+
+
 class ApplyMaskEdits(foo.Operator):
-    """Rebuild a semantic mask from the instance masks a user edited in the App."""
+    """Rebuild a semantic mask from the instance masks a user edited in the App (or the
+    instances from the semantic mask)."""
 
     @property
     def config(self) -> foo.OperatorConfig:
         return foo.OperatorConfig(
             name="apply_mask_edits",
             label="Apply mask edits (CLIP as RNN)",
-            description="Rebuild a Segmentation field from its edited Detections",
+            description="Fold edited instance masks (Detections) back into a Segmentation field",
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
@@ -54,37 +75,69 @@ class ApplyMaskEdits(foo.Operator):
         if not dets:
             fail(inputs, "no_detections", "This dataset has no Detections field to take edits from")
             return types.Property(inputs)
-        default = next((d for d in dets if d.endswith("_det")), dets[0])
+        segs = segmentation_fields(ctx.dataset)
+        paired = [s for s in segs if _partner(ctx.dataset, s, dets)]
         inputs.enum(
-            "detections_field",
-            dets,
-            default=default,
-            label="Edited instances",
-            view=types.DropdownView(),
+            "direction",
+            list(DIRECTIONS),
+            default="to_segmentation",
+            label="Direction",
+            view=choices_view(types.RadioGroup, DIRECTIONS, DIRECTIONS),
         )
-        chosen = ctx.params.get("detections_field") or default
-        guess = chosen[: -len("_det")] if chosen.endswith("_det") else f"{chosen}_seg"
+        choices = paired + [s for s in segs if s not in paired]
+        default_seg = choices[0] if choices else f"{dets[0]}_seg"
         inputs.str(
             "label_field",
-            default=guess,
+            default=default_seg,
             required=True,
             label="Segmentation field",
             description="Rewritten from the instances (created if missing)",
+            view=choices_view(types.AutocompleteView, choices, allow_user_input=True),
         )
-        delegation_inputs(ctx, inputs, ctx.target_view().count())
+        seg = ctx.params.get("label_field") or default_seg
+        partner = _partner(ctx.dataset, seg, dets) or dets[0]
+        inputs.enum(
+            "detections_field",
+            dets,
+            default=partner,
+            label="Instance field",
+            description=f"Detections of '{seg}'" if partner in dets else None,
+            view=types.DropdownView(),
+        )
+        if ctx.params.get("direction", "to_segmentation") == "to_segmentation":
+            inputs.bool(
+                "allow_new_classes",
+                default=False,
+                label="Allow classes the segmentation field does not have",
+                description="Off: instances with an unknown class (e.g. from another tool) "
+                "are refused and nothing is written",
+            )
+        delegation_inputs(inputs, ctx.target_view().count())
         return types.Property(inputs, view=types.View(label="Apply mask edits"))
 
     def execute(self, ctx):
-        from cliprnn.fiftyone.edits import apply_mask_edits
+        from cliprnn.fiftyone.edits import apply_mask_edits, rebuild_instances
 
-        field = ctx.params["label_field"]
-        n = apply_mask_edits(ctx.target_view(), field, ctx.params.get("detections_field"))
+        p = ctx.params
+        field, det_field = p["label_field"], p.get("detections_field")
+        if p.get("direction") == "to_detections":
+            n = rebuild_instances(ctx.target_view(), field, det_field)
+            message = f"Rebuilt the instances of '{field}' on {n} sample(s)"
+            result = {"updated": n, "label_field": field, "message": message}
+        else:
+            out = apply_mask_edits(
+                ctx.target_view(), field, det_field, bool(p.get("allow_new_classes"))
+            )
+            message = out.message(field)
+            result = {"updated": out.updated, "label_field": field, "message": message}
         if not ctx.delegated:
-            ctx.ops.reload_dataset()
-        return {"updated": n, "label_field": field}
+            refresh_app(ctx)
+            ctx.ops.notify(message, variant="success")
+        return result
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        outputs.str("message", label="Result")
         outputs.int("updated", label="Samples updated")
         outputs.str("label_field", label="Segmentation field")
         return types.Property(outputs, view=types.View(label="Mask edits applied"))
@@ -94,10 +147,13 @@ class ApplyMaskEdits(foo.Operator):
         sample_collection: Any,
         label_field: str = "car",
         detections_field: str | None = None,
+        direction: str = "to_segmentation",
+        allow_new_classes: bool = False,
         delegate: bool = False,
         delegation_target: str | None = None,
     ) -> Any:
-        """Rebuild ``label_field`` from ``detections_field`` (default ``<label_field>_det``).
+        """Rebuild ``label_field`` from ``detections_field`` (default ``<label_field>_det``),
+        or with ``direction="to_detections"`` the instances from the semantic mask.
 
         Example usage::
 
@@ -109,6 +165,8 @@ class ApplyMaskEdits(foo.Operator):
         params = dict(
             label_field=label_field,
             detections_field=detections_field or f"{label_field}_det",
+            direction=direction,
+            allow_new_classes=allow_new_classes,
             delegate=delegate,
         )
         return execute_from_sdk(
@@ -179,7 +237,7 @@ class EditMaskClasses(foo.Operator):
                 label="Applies to every sample of the dataset: mask targets are dataset-wide"
             ),
         )
-        delegation_inputs(ctx, inputs, ctx.dataset.count())
+        delegation_inputs(inputs, ctx.dataset.count())
         return types.Property(inputs, view=types.View(label="Edit mask classes"))
 
     def execute(self, ctx):
@@ -195,7 +253,7 @@ class EditMaskClasses(foo.Operator):
             kwargs = dict(delete=classes)
         targets = edit_mask_classes(ctx.dataset, p["label_field"], **kwargs)
         if not ctx.delegated:
-            ctx.ops.reload_dataset()
+            refresh_app(ctx)
         return {"mask_targets": {str(k): v for k, v in targets.items()}}
 
     def __call__(

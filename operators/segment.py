@@ -15,8 +15,19 @@ from .common import (
     delegation_inputs,
     execute_from_sdk,
     fail,
+    free_field_name,
+    refresh_app,
     requested_delegation,
 )
+
+#: The "no class list" choice of the form (an empty value would show as a blank choice).
+NO_SOURCE = "none"
+#: What the App's form writes by default: the mask, and instances the Annotate tab can edit.
+FORM_OUTPUTS = ("segmentation", "detections")
+INSTANCE_LABELS = {
+    "region": "One object per connected region (two dogs are two objects)",
+    "class": "One object per class",
+}
 
 PRESET_LABELS = {
     "voc": "Pascal VOC (paper): ViT-B/16 proposals, ViT-L/14 classifier",
@@ -84,10 +95,11 @@ class Segment(foo.Operator):
         return requested_delegation(ctx)
 
     def resolve_execution_options(self, ctx):
+        count = ctx.target_view().count() if ctx.dataset is not None else 0
         return foo.ExecutionOptions(
             allow_immediate_execution=True,
             allow_delegated_execution=True,
-            default_choice_to_delegated=bool(ctx.params.get("delegate")),
+            default_choice_to_delegated=bool(ctx.params.get("delegate")) or count > DELEGATE_ABOVE,
         )
 
     def resolve_input(self, ctx):
@@ -101,29 +113,31 @@ class Segment(foo.Operator):
         _query_inputs(ctx, inputs)
         _model_inputs(ctx, inputs)
         _output_inputs(ctx, inputs)
-        delegation_inputs(ctx, inputs, count)
+        delegation_inputs(inputs, count)
         del target
         return types.Property(inputs, view=types.View(label="Segment with text (CLIP as RNN)"))
 
     def execute(self, ctx):
         from cliprnn.fiftyone.collection import SegmentationRun
 
-        run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params))
         if ctx.delegated:
+            run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params))
             for p in run:
                 ctx.set_progress(progress=p.fraction, label=p.label)
             return
-        for p in run:
-            yield ctx.trigger("set_progress", dict(progress=p.fraction, label=p.label))
+        try:
+            run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params))
+            for p in run:
+                yield ctx.trigger("set_progress", dict(progress=p.fraction, label=p.label))
+        except Exception as e:
+            # A generator's exception never reaches the App: say it before re-raising.
+            message = f"Segment failed: {type(e).__name__}: {e}"
+            yield ctx.trigger("set_progress", dict(progress=1.0, label=message))
+            yield ctx.ops.notify(message, variant="error")
+            raise
         s = run.summary
-        yield ctx.trigger("reload_dataset")
-        yield ctx.ops.set_active_fields(fields=s.fields)
-        failed = f", {s.failed} failed (see field '{run.fields.error}')" if s.failed else ""
-        yield ctx.ops.notify(
-            f"Segmented {s.processed} sample{'s' * (s.processed != 1)} into "
-            f"'{s.label_field}'{failed}",
-            variant="warning" if s.failed else "success",
-        )
+        yield from refresh_app(ctx, s.fields)
+        yield ctx.ops.notify(_summary_message(run), variant="warning" if s.failed else "success")
 
     def __call__(
         self,
@@ -132,7 +146,9 @@ class Segment(foo.Operator):
         classes_from: str | None = None,
         label_field: str = "car",
         preset: str = "voc",
-        outputs: tuple[str, ...] | list[str] = ("segmentation",),
+        outputs: tuple[str, ...] | list[str] = FORM_OUTPUTS,
+        queries_from: str | None = None,
+        instances: str = "region",
         output_dir: str | None = None,
         allow_media_dir: bool = False,
         overwrite: bool = False,
@@ -148,7 +164,11 @@ class Segment(foo.Operator):
 
         ``queries`` are free-text queries; ``classes_from`` names a class list of the dataset
         (``"mask_targets:FIELD"``, ``"classes:FIELD"``, ``"labels:FIELD"``,
-        ``"default_mask_targets"``, ``"default_classes"``), optionally narrowed by ``classes``.
+        ``"default_mask_targets"``, ``"default_classes"``), optionally narrowed by ``classes``;
+        ``queries_from`` (``"tags"`` or a Classification(s)/Detections field) queries each
+        sample for its own labels, plus ``queries``. ``outputs`` are the semantic mask and
+        editable instances (``instances``: one per connected ``"region"`` or per ``"class"``)
+        unless told otherwise.
         ``output_dir`` (absolute) receives mask and heatmap PNGs; it may lie inside the images'
         folders only with ``allow_media_dir=True``. ``preset`` is a CaRConfig preset;
         ``advanced`` keyword arguments override its fields (``proposal_model``,
@@ -174,10 +194,12 @@ class Segment(foo.Operator):
             raise TypeError(f"unknown arguments {unknown}; advanced settings are {list(ADVANCED)}")
         params = dict(
             queries=list(queries or []),
-            classes_from=classes_from or "",
+            classes_from=classes_from or NO_SOURCE,
             label_field=label_field,
             preset=preset,
             outputs=list(outputs),
+            queries_from=queries_from or NO_SOURCE,
+            instances=instances,
             output_dir=output_dir or "",
             allow_media_dir=allow_media_dir,
             overwrite=overwrite,
@@ -198,12 +220,16 @@ class Segment(foo.Operator):
 
 def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     """SegmentationRun keyword arguments from the form's (or the SDK's) params."""
+    source = params.get("classes_from") or None
+    text = params.get("query_text") or ""
     kwargs: dict[str, Any] = dict(
-        queries=params.get("queries") or [],
-        classes_from=params.get("classes_from") or None,
+        queries=[*(params.get("queries") or []), *text.splitlines()],
+        classes_from=None if source == NO_SOURCE else source,
+        queries_from=params.get("queries_from") or None,
+        instances=params.get("instances") or "region",
         label_field=params.get("label_field") or "car",
         config=params.get("preset") or "voc",
-        outputs=params.get("outputs") or ["segmentation"],
+        outputs=params.get("outputs") or list(FORM_OUTPUTS),
         output_dir=params.get("output_dir") or None,
         allow_media_dir=bool(params.get("allow_media_dir")),
         overwrite=bool(params.get("overwrite")),
@@ -211,6 +237,8 @@ def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         skip_failures=bool(params.get("skip_failures")),
         batch_size=int(params.get("batch_size") or 8),
     )
+    if kwargs["queries_from"] == NO_SOURCE:
+        kwargs["queries_from"] = None
     if kwargs["classes_from"] and params.get("classes") is not None:
         kwargs["classes"] = params["classes"]
     if params.get("advanced"):
@@ -224,23 +252,38 @@ def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _summary_message(run: Any) -> str:
+    s = run.summary
+    failed = f", {s.failed} failed (see field '{run.fields.error}')" if s.failed else ""
+    if s.no_queries:
+        failed += f", {len(s.no_queries)} skipped (no labels in '{run.queries_from}')"
+    edit = f"; edit '{run.fields.detections}' in the Annotate tab" if run.fields.detections else ""
+    return (
+        f"Segmented {s.processed} sample{'s' * (s.processed != 1)} into "
+        f"'{s.label_field}'{failed}{edit}"
+    )
+
+
 def _query_inputs(ctx, inputs: types.Object) -> None:
     from cliprnn.errors import CaRError
-    from cliprnn.fiftyone.queries import class_sources, source_classes
+    from cliprnn.fiftyone.queries import class_sources, per_sample_sources, source_classes
 
     sources = class_sources(ctx.dataset)
     if sources:
         inputs.enum(
             "classes_from",
-            ["", *sources],
-            default="",
+            [NO_SOURCE, *sources],
+            default=NO_SOURCE,
             label="Classes from the dataset",
             description="Use a class list of this dataset as queries",
             view=choices_view(
-                types.DropdownView, ["", *sources], {"": "(none: free text only)", **sources}
+                types.DropdownView,
+                [NO_SOURCE, *sources],
+                {NO_SOURCE: "None (free text only)", **sources},
             ),
         )
     spec = ctx.params.get("classes_from")
+    spec = None if spec == NO_SOURCE else spec
     if spec:
         try:
             names, _ = source_classes(ctx.dataset, spec)
@@ -258,19 +301,31 @@ def _query_inputs(ctx, inputs: types.Object) -> None:
                     types.AutocompleteView, names, multiple=True, allow_user_input=False
                 ),
             )
-    inputs.list(
-        "queries",
-        types.String(),
-        default=[],
-        label="Text queries",
-        description="Free-text queries (type one, press Enter)",
-        view=types.AutocompleteView(multiple=True, allow_user_input=True),
+    own = per_sample_sources(ctx.dataset)
+    inputs.enum(
+        "queries_from",
+        [NO_SOURCE, *own],
+        default=NO_SOURCE,
+        label="Each sample's own labels",
+        description="Query every sample for the labels it already has (image-level labels "
+        "become masks), plus the queries above and below",
+        view=choices_view(
+            types.DropdownView,
+            [NO_SOURCE, *own],
+            {NO_SOURCE: "None (the same queries for every sample)", "tags": "Sample tags"},
+        ),
     )
+    per_sample = ctx.params.get("queries_from") not in (None, "", NO_SOURCE)
     chosen = [*(ctx.params.get("classes") or []), *(ctx.params.get("queries") or [])]
-    if spec and ctx.params.get("classes") is None:
-        chosen = ["(source classes)"]
-    if not chosen:
-        fail(inputs, "queries_error", "Give at least one query or choose classes")
+    has_source = bool(spec and (ctx.params.get("classes") is None or chosen))
+    inputs.str(
+        "query_text",
+        default="",
+        required=not (has_source or chosen or per_sample),
+        label="Text queries",
+        description="One query per line, e.g. 'red circle'",
+        view=types.TextFieldView(multiline=True, placeholder="red circle\nblue square"),
+    )
 
 
 def _model_inputs(ctx, inputs: types.Object) -> None:
@@ -278,10 +333,11 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
     from cliprnn.errors import CaRError
 
     presets = [p for p in PRESET_LABELS if p in PRESETS]
+    default_preset = _default_preset(presets)
     inputs.enum(
         "preset",
         presets,
-        default="voc",
+        default=default_preset,
         label="Preset",
         description="Paper settings per dataset; models download on first use",
         view=choices_view(types.DropdownView, presets, PRESET_LABELS),
@@ -294,13 +350,14 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
         label="Batch size",
         description="Samples written to the database together; progress is shown per batch",
     )
-    preset = ctx.params.get("preset") or "voc"
+    preset = ctx.params.get("preset") or default_preset
     try:
         base = CaRConfig.preset(preset)
     except CaRError as e:
         fail(inputs, "preset_error", str(e))
         return
     if not ctx.params.get("advanced"):
+        _check_models(inputs, base)
         return
     for name, (kind, label) in ADVANCED.items():
         default = getattr(base, name)
@@ -346,23 +403,65 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
 
             if not Path(overrides["sam_checkpoint"]).is_file():
                 raise CaRError(f"SAM checkpoint {overrides['sam_checkpoint']!r} is not a file")
-        CaRConfig.preset(preset, **overrides)
+        config = CaRConfig.preset(preset, **overrides)
     except (CaRError, TypeError, ValueError) as e:
         fail(inputs, "config_error", str(e))
+        return
+    _check_models(inputs, config)
+
+
+def _missing_models(config) -> list[str]:
+    from cliprnn.clip_backend import model_problem
+
+    found = {
+        role: model_problem(getattr(config, f"{role}_model"), role)
+        for role in ("proposal", "classifier")
+    }
+    return list(dict.fromkeys(p for p in found.values() if p))
+
+
+def _default_preset(presets: list[str]) -> str:
+    """The paper's VOC preset when its models can be had here, else the bundled model."""
+    from cliprnn.config import CaRConfig
+
+    if "mini" in presets and _missing_models(CaRConfig.preset("voc")):
+        return "mini"
+    return "voc"
+
+
+def _check_models(inputs: types.Object, config) -> None:
+    """Refuse, in the form, models that cannot be loaded here (offline and not cached)."""
+    problems = _missing_models(config)
+    if problems:
+        fail(
+            inputs,
+            "models_error",
+            " ".join(problems) + " Choose the preset 'Bundled miniature CLIP' to run offline.",
+        )
 
 
 def _output_inputs(ctx, inputs: types.Object) -> None:
     from cliprnn.errors import CaRError
     from cliprnn.fiftyone.labels import OUTPUT_TYPES, check_field_name
 
-    inputs.str("label_field", default="car", required=True, label="Output field")
+    default_field = free_field_name(ctx.dataset, "car", ("", "_det", "_error"))
+    inputs.str("label_field", default=default_field, required=True, label="Output field")
     inputs.list(
         "outputs",
         types.String(),
-        default=["segmentation"],
+        default=list(FORM_OUTPUTS),
         label="Outputs",
+        description="The instance masks (<field>_det) are what the Annotate tab edits",
         view=choices_view(types.DropdownView, OUTPUT_TYPES, OUTPUT_LABELS, multiple=True),
     )
+    if "detections" in (ctx.params.get("outputs") or FORM_OUTPUTS):
+        inputs.enum(
+            "instances",
+            list(INSTANCE_LABELS),
+            default="region",
+            label="Instances",
+            view=choices_view(types.RadioGroup, INSTANCE_LABELS, INSTANCE_LABELS),
+        )
     inputs.str(
         "output_dir",
         default="",
@@ -383,7 +482,7 @@ def _output_inputs(ctx, inputs: types.Object) -> None:
             label="Allow it inside the images' folders",
             description="Off: a directory inside a folder holding the samples' images is refused",
         )
-    field = ctx.params.get("label_field") or "car"
+    field = ctx.params.get("label_field") or default_field
     try:
         check_field_name(field)
     except CaRError as e:

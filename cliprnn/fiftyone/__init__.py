@@ -10,7 +10,7 @@ from cliprnn.fiftyone.collection import (
     SegmentationRun,
     segment_collection,
 )
-from cliprnn.fiftyone.edits import apply_mask_edits, edit_mask_classes
+from cliprnn.fiftyone.edits import apply_mask_edits, edit_mask_classes, rebuild_instances
 from cliprnn.fiftyone.engine import resolve_config
 from cliprnn.fiftyone.lock import FieldLockedError
 from cliprnn.fiftyone.model import CaRModel
@@ -27,6 +27,7 @@ __all__ = [
     "apply_mask_edits",
     "class_sources",
     "edit_mask_classes",
+    "rebuild_instances",
     "resolve_config",
     "resolve_queries",
     "run_info",

@@ -13,12 +13,19 @@ import fiftyone as fo
 import fiftyone.core.utils as fou
 
 from cliprnn.config import CaRConfig
-from cliprnn.errors import CaRError, ConfigError
+from cliprnn.errors import CaRError, ConfigError, QueryError
 from cliprnn.fiftyone import labels as L
+from cliprnn.fiftyone.annotation import make_editable, match_colors
 from cliprnn.fiftyone.engine import get_car, resolve_config
 from cliprnn.fiftyone.files import validate_output_dir, write_png_atomic
+from cliprnn.fiftyone.instances import DEFAULT_INSTANCES, INSTANCE_MODES
 from cliprnn.fiftyone.lock import FieldLock
-from cliprnn.fiftyone.queries import assign_values, resolve_queries
+from cliprnn.fiftyone.queries import (
+    assign_values,
+    clean_queries,
+    resolve_queries,
+    sample_queries,
+)
 from cliprnn.fiftyone.runs import record_run, record_run_results, run_key_for
 from cliprnn.imageio import load_image
 from cliprnn.prefetch import prefetch
@@ -74,6 +81,7 @@ class RunSummary:
     seconds: float = 0.0
     run_key: str = ""
     output_dir: str | None = None
+    no_queries: list[str] = field(default_factory=list)  # ids skipped: no labels to query
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (mask_targets keys as strings)."""
@@ -104,6 +112,8 @@ class SegmentationRun:
         num_workers: int = 2,
         prefetch_ahead: int = DEFAULT_PREFETCH_AHEAD,
         classes: Sequence[str] | None = None,
+        queries_from: str | None = None,
+        instances: str = DEFAULT_INSTANCES,
         **config_overrides: Any,
     ) -> None:
         coll = sample_collection
@@ -116,7 +126,26 @@ class SegmentationRun:
             outputs = [outputs]
         self.outputs = list(dict.fromkeys(outputs))
         self.config = resolve_config(config, **config_overrides)
-        resolved = resolve_queries(coll, queries, classes_from, classes)
+        if instances not in INSTANCE_MODES:
+            raise ConfigError(f"instances must be one of {list(INSTANCE_MODES)}, got {instances!r}")
+        self.instances = instances
+        self.queries_from = queries_from or None
+        self.per_sample: dict[str, list[str]] | None = None
+        resolved = resolve_queries(coll, queries, classes_from, classes, bool(queries_from))
+        if self.queries_from:
+            own = sample_queries(coll, self.queries_from)
+            self.per_sample = {
+                sid: clean_queries([*names, *resolved.queries]) for sid, names in own.items()
+            }
+            every = clean_queries(
+                [*(q for names in own.values() for q in names), *resolved.queries]
+            )
+            if not every:
+                raise QueryError(
+                    f"no queries: no sample has labels in '{self.queries_from}' and no other "
+                    "queries were given"
+                )
+            resolved.queries = every
         self.queries = resolved.queries
         self.classes_from = resolved.source
         L.check_field_name(label_field)
@@ -138,6 +167,13 @@ class SegmentationRun:
         todo = coll.exists(self.fields.primary, False) if skip_existing else coll
         self.ids, self.paths = todo.values(["id", "filepath"])
         self.skipped = coll.count() - len(self.ids) if skip_existing else 0
+        no_queries: list[str] = []
+        if self.per_sample is not None:
+            keep = [bool(self.per_sample.get(sid)) for sid in self.ids]
+            no_queries = [sid for sid, k in zip(self.ids, keep, strict=True) if not k]
+            self.ids = [sid for sid, k in zip(self.ids, keep, strict=True) if k]
+            self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
+            self.skipped += len(no_queries)
 
         self.output_dir: Path | None = None
         if output_dir:
@@ -155,6 +191,7 @@ class SegmentationRun:
             skipped=self.skipped,
             run_key=run_key_for(label_field),
             output_dir=str(self.output_dir) if self.output_dir else None,
+            no_queries=no_queries,
         )
 
     def _check_fields(self, overwrite: bool, skip_existing: bool) -> None:
@@ -204,7 +241,7 @@ class SegmentationRun:
         lock = FieldLock(str(self.dataset._doc.id), self.dataset.name, self.fields.label_field)
         with lock:
             self._prepare_dataset()
-            record_run(self.collection, self)
+            record_run(self.collection, self.fields.label_field, self._record())
             done = 0
             batch = _Batch(self.fields.all())
             items = zip(self.ids, self.paths, strict=True)
@@ -223,7 +260,30 @@ class SegmentationRun:
                 finally:
                     self._flush(batch)
             self.summary.seconds = time.perf_counter() - start
-            record_run_results(self.collection, self)
+            record_run_results(self.collection, self.fields.label_field, self.summary.to_dict())
+
+    def _record(self) -> dict[str, Any]:
+        """What the run record keeps: fields, queries and their source, settings, config."""
+        f = self.fields
+        return dict(
+            fields=dict(
+                segmentation=f.segmentation,
+                detections=f.detections,
+                heatmaps=dict(f.heatmaps),
+                error=f.error,
+            ),
+            queries=list(self.queries),
+            classes_from=self.classes_from,
+            queries_from=self.queries_from,
+            instances=self.instances,
+            mask_targets={str(k): v for k, v in self.mask_targets.items()},
+            outputs=list(self.outputs),
+            output_dir=str(self.output_dir) if self.output_dir else None,
+            overwrite=self.overwrite,
+            skip_existing=self.skip_existing,
+            skip_failures=self.skip_failures,
+            config=self.config.to_dict(),
+        )
 
     def run(self, progress: bool | Callable[[Progress], Any] | None = None) -> RunSummary:
         """Run to the end; ``progress`` is True/None for a progress bar (FiftyOne's default
@@ -249,7 +309,8 @@ class SegmentationRun:
         try:
             if isinstance(image, BaseException):
                 raise image
-            result = self.car.segment(image, self.queries)
+            queries = self.queries if self.per_sample is None else self.per_sample[sid]
+            result = self.car.segment(image, queries)
             self._labels_for(sid, result, batch.labels)
             batch.errors[sid] = None
         except Exception as e:
@@ -284,7 +345,7 @@ class SegmentationRun:
                 result, self.values, self.dtype, mask_path=path
             )
         if f.detections:
-            labels[f.detections][sid] = L.detections_label(result, self.values)
+            labels[f.detections][sid] = L.detections_label(result, self.values, self.instances)
         if f.heatmaps:
             maps = L.heatmap_arrays(result)
             for q, name in f.heatmaps.items():
@@ -320,6 +381,9 @@ class SegmentationRun:
         if self.fields.detections:
             ds.classes = {**ds.classes, self.fields.detections: list(self.queries)}
         ds.save()
+        if f.detections:
+            make_editable(ds, f.detections, list(dict.fromkeys(self.mask_targets.values())))
+        match_colors(ds, self.mask_targets, f.segmentation, f.detections)
 
 
 class _Batch:

@@ -4,15 +4,23 @@ merge or delete classes of a segmentation field (masks and mask_targets together
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import fiftyone as fo
 import numpy as np
-from PIL import Image
+from fiftyone import ViewField as F
 
 from cliprnn.errors import ConfigError
 from cliprnn.fiftyone import labels as L
 from cliprnn.fiftyone.files import write_png_atomic
+from cliprnn.fiftyone.instances import (
+    DEFAULT_INSTANCES,
+    instances_from_mask,
+    labels_of,
+    render_instances,
+    settle_instances,
+)
 from cliprnn.fiftyone.queries import assign_values
 
 BATCH_SIZE = 64
@@ -20,81 +28,177 @@ BATCH_SIZE = 64
 
 def _frame_size(sample: fo.Sample, seg: fo.Segmentation | None) -> tuple[int, int]:
     """(height, width) of the sample's mask: the stored mask's, else the image's."""
-    if seg is not None and seg.mask is not None:
-        return seg.mask.shape[:2]
-    if seg is not None and seg.mask_path:
-        with Image.open(seg.mask_path) as im:
-            return im.height, im.width
+    if seg is not None and (seg.mask is not None or seg.mask_path):
+        return seg.get_mask().shape[:2]
     if sample.metadata is None or not sample.metadata.width:
         sample.compute_metadata()
     return sample.metadata.height, sample.metadata.width
 
 
-def _draw_order(det: fo.Detection) -> float:
-    # Lower scores first so higher ones win overlaps; a detection the user drew (no score) last.
-    return float("inf") if det.confidence is None else float(det.confidence)
+@dataclass
+class FoldBack:
+    """What ``apply_mask_edits`` did."""
+
+    updated: int = 0  # samples whose semantic mask (or instances) changed
+    unchanged: int = 0  # samples already in agreement
+    skipped: list[str] = field(default_factory=list)  # ids without a Detections label
+    trimmed: int = 0  # instances cut back to the pixels they won (or dropped)
+    new_classes: list[str] = field(default_factory=list)
+
+    def message(self, label_field: str) -> str:
+        """One line for the App's notification."""
+        parts = [f"Folded edits into '{label_field}': {self.updated} sample(s) updated"]
+        if self.unchanged:
+            parts.append(f"{self.unchanged} unchanged")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} without instances skipped")
+        if self.new_classes:
+            parts.append(f"new classes {self.new_classes}")
+        return ", ".join(parts)
 
 
-def render_detections(
-    detections: Iterable[fo.Detection], values: Mapping[str, int], hw: tuple[int, int], dtype: type
-) -> np.ndarray:
-    """A semantic mask from instance masks (box-only detections fill their box)."""
-    h, w = hw
-    full = np.zeros((h, w), dtype=dtype)
-    for det in sorted(detections, key=_draw_order):
-        value = values[det.label]
-        if det.has_mask:
-            full = det.to_segmentation(mask=full, target=value).mask
-        else:
-            x, y, bw, bh = det.bounding_box
-            x0, y0 = round(x * w), round(y * h)
-            full[y0 : round((y + bh) * h), x0 : round((x + bw) * w)] = value
-    return full
+def _check_detections_field(ds: fo.Dataset, det_field: str) -> None:
+    if not ds.has_field(det_field):
+        raise ConfigError(f"dataset '{ds.name}' has no field '{det_field}' to take edits from")
+    if not ds._is_label_field(det_field, fo.Detections):
+        kind = type(ds.get_field(det_field)).__name__
+        raise ConfigError(
+            f"field '{det_field}' is not a Detections field ({kind}); edits are taken from the "
+            "instance masks of a Detections field"
+        )
+
+
+def _unknown_classes(
+    view: fo.core.collections.SampleCollection, det_field: str, names: list[str], known: set[str]
+) -> None:
+    unknown = [n for n in names if n not in known]
+    if not unknown:
+        return
+    ids = view.filter_labels(det_field, F("label").is_in(unknown)).values("id")[:5]
+    raise ConfigError(
+        f"'{det_field}' has classes the segmentation field does not know: {unknown} (e.g. on "
+        f"samples {ids}). They are neither mask targets nor label-schema classes; pass "
+        "allow_new_classes=True to add them as new classes, or relabel them. Nothing was written"
+    )
 
 
 def apply_mask_edits(
     sample_collection: fo.core.collections.SampleCollection,
     label_field: str = "car",
     detections_field: str | None = None,
+    allow_new_classes: bool = False,
     progress: bool | None = None,
-) -> int:
+) -> FoldBack:
     """Rebuild the ``Segmentation`` in ``label_field`` from the (edited) ``Detections`` in
-    ``detections_field`` (default ``<label_field>_det``) for every sample that has them.
+    ``detections_field`` (default ``<label_field>_det``) for the samples of the collection.
 
-    New labels get new mask values in ``mask_targets``. Returns the number of samples updated.
+    Instance masks are read at image pixel centres, edited inline or still in files. Where
+    instances overlap, the edited one (or one the user drew, without a score) wins, and the
+    losing instances are trimmed so both fields agree; a deleted instance's pixels become
+    background unless another covers them. A relabelled or added instance of a class the
+    field lacks gets a new mask value, if that class is in the instance field's label schema
+    (or ``allow_new_classes``); any other unknown class is refused before anything is written.
+    Samples whose masks already agree are not rewritten, so a second call changes nothing.
     """
+    from cliprnn.fiftyone.annotation import match_colors, schema_classes, set_schema_classes
+    from cliprnn.fiftyone.runs import note_mask_edits
+
     ds = sample_collection._root_dataset
     det_field = detections_field or f"{label_field}_det"
     L.check_field_name(label_field)
-    if not ds.has_field(det_field):
-        raise ConfigError(f"dataset '{ds.name}' has no field '{det_field}' to take edits from")
-    if ds.has_field(label_field) and not ds._is_label_field(label_field, fo.Segmentation):
+    _check_detections_field(ds, det_field)
+    has_seg = ds.has_field(label_field)
+    if has_seg and not ds._is_label_field(label_field, fo.Segmentation):
         raise ConfigError(f"field '{label_field}' is not a Segmentation field")
+    if not sample_collection.count():
+        raise ConfigError("the collection has no samples to apply edits to")
     existing = {int(k): v for k, v in ds.mask_targets.get(label_field, {}).items()}
-    view = sample_collection.exists(det_field).select_fields([det_field, label_field, "metadata"])
+    fields = [det_field, "metadata"] + ([label_field] if has_seg else [])
+    view = sample_collection.select_fields(fields)
     names = [n for n in view.distinct(f"{det_field}.detections.label") if isinstance(n, str)]
+    allowed = set(existing.values()) | set(schema_classes(ds, det_field))
+    if not allow_new_classes:
+        _unknown_classes(view, det_field, names, allowed)
     values = assign_values(list(existing.values()) + names, None, existing)
     targets = {v: n for n, v in values.items()}
     dtype = L.mask_dtype(max(targets, default=1))
-    ds.mask_targets = {**ds.mask_targets, label_field: dict(sorted(targets.items()))}
-    ds.save()
+    out = FoldBack(new_classes=[n for n in names if n not in existing.values()])
+    if out.new_classes:
+        ds.mask_targets = {**ds.mask_targets, label_field: dict(sorted(targets.items()))}
+        ds.save()
+    for sample in view.iter_samples(autosave=True, batch_size=BATCH_SIZE, progress=progress):
+        labels = sample[det_field]
+        if labels is None:
+            out.skipped.append(sample.id)
+            continue
+        old = sample[label_field] if has_seg else None
+        previous = old.get_mask() if old is not None else None
+        dets = list(labels.detections)
+        rendered = render_instances(dets, values, _frame_size(sample, old), dtype, previous)
+        settled, trimmed = settle_instances(dets, rendered)
+        if previous is not None and not trimmed and np.array_equal(rendered.mask, previous):
+            out.unchanged += 1
+            continue
+        out.trimmed += trimmed
+        if trimmed:
+            labels.detections = settled
+        sample[label_field] = _edited_segmentation(old, rendered.mask, labels_of(settled), values)
+        out.updated += 1
+    if out.new_classes:
+        set_schema_classes(ds, det_field, [*schema_classes(ds, det_field), *out.new_classes])
+    match_colors(ds, targets, label_field, det_field)
+    note_mask_edits(ds, label_field, det_field, out.updated, out.new_classes)
+    return out
+
+
+def _edited_segmentation(
+    old: fo.Segmentation | None, mask: np.ndarray, present: list[str], values: Mapping[str, int]
+) -> fo.Segmentation:
+    attrs: dict[str, Any] = {}
+    if old is not None:
+        attrs = {k: old[k] for k in ("queries", "scores", "dropped", "steps") if old.has_field(k)}
+    attrs["kept"] = [n for n in values if n in present]
+    attrs["edited"] = True
+    if old is not None and old.mask_path:
+        return fo.Segmentation(mask_path=write_png_atomic(mask, old.mask_path), **attrs)
+    return fo.Segmentation(mask=mask, **attrs)
+
+
+def _attr(label: fo.Label, name: str) -> list:
+    return list(label[name] or []) if label.has_field(name) else []
+
+
+def rebuild_instances(
+    sample_collection: fo.core.collections.SampleCollection,
+    label_field: str = "car",
+    detections_field: str | None = None,
+    instances: str = DEFAULT_INSTANCES,
+    progress: bool | None = None,
+) -> int:
+    """The reverse direction: rewrite ``detections_field`` (default ``<label_field>_det``)
+    from the semantic masks of ``label_field``, one instance per region (or per class), with
+    the run's scores. Returns the number of samples written."""
+    from cliprnn.fiftyone.annotation import make_editable, match_colors
+
+    ds = sample_collection._root_dataset
+    det_field = detections_field or f"{label_field}_det"
+    L.check_field_name(det_field, "detections_field")
+    if not ds._is_label_field(label_field, fo.Segmentation):
+        raise ConfigError(f"'{label_field}' is not a Segmentation field of dataset '{ds.name}'")
+    if ds.has_field(det_field):
+        _check_detections_field(ds, det_field)
+    else:
+        ds.add_sample_field(det_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    targets = {int(k): v for k, v in ds.mask_targets.get(label_field, {}).items()}
+    view = sample_collection.exists(label_field).select_fields([label_field, det_field])
     count = 0
     for sample in view.iter_samples(autosave=True, batch_size=BATCH_SIZE, progress=progress):
-        old = sample[label_field] if ds.has_field(label_field) else None
-        dets = sample[det_field].detections
-        mask = render_detections(dets, values, _frame_size(sample, old), dtype)
-        attrs: dict[str, Any] = {}
-        if old is not None:
-            attrs = {k: old[k] for k in ("queries", "scores", "dropped", "steps") if k in old}
-        present = {d.label for d in dets}
-        attrs["kept"] = [n for n in values if n in present]
-        attrs["edited"] = True
-        if old is not None and old.mask_path:
-            seg = fo.Segmentation(mask_path=write_png_atomic(mask, old.mask_path), **attrs)
-        else:
-            seg = fo.Segmentation(mask=mask, **attrs)
-        sample[label_field] = seg
+        seg = sample[label_field]
+        scores = dict(zip(_attr(seg, "queries"), _attr(seg, "scores"), strict=False))
+        sample[det_field] = instances_from_mask(seg.get_mask(), targets, scores, instances)
         count += 1
+    make_editable(ds, det_field, list(targets.values()))
+    match_colors(ds, targets, label_field, det_field)
     return count
 
 
@@ -160,6 +264,8 @@ def edit_mask_classes(
     """Rename, merge or delete classes of the segmentation ``label_field`` across the whole
     dataset (mask targets are dataset-wide), updating masks, ``mask_targets`` and the
     ``<label_field>_det`` instances together. Returns the new mask targets."""
+    from cliprnn.fiftyone.annotation import match_colors, schema_classes, set_schema_classes
+
     ds = sample_collection._root_dataset
     if not ds._is_label_field(label_field, fo.Segmentation):
         raise ConfigError(f"'{label_field}' is not a Segmentation field of dataset '{ds.name}'")
@@ -183,9 +289,12 @@ def edit_mask_classes(
             write_png_atomic(mask, seg.mask_path)
         else:
             seg.mask = mask
-        for key in ("kept", "dropped"):  # "queries"/"scores" stay as the run recorded them
+        for key in ("kept", "dropped"):
             if seg.has_field(key) and isinstance(seg[key], list):
                 seg[key] = _rename_list(seg[key], mapping)
+        if seg.has_field("queries") and isinstance(seg["queries"], list):
+            # renamed in place, so each still lines up with its score; deleted ones stay
+            seg["queries"] = [mapping.get(q) or q for q in seg["queries"]]
         if has_det and sample[det_field] is not None:
             dets = []
             for det in sample[det_field].detections:
@@ -198,6 +307,10 @@ def edit_mask_classes(
     if has_det and det_field in ds.classes:
         ds.classes = {**ds.classes, det_field: list(dict.fromkeys(new_targets.values()))}
     ds.save()
+    if has_det:
+        old_choices = _rename_list(schema_classes(ds, det_field), mapping)
+        set_schema_classes(ds, det_field, [*new_targets.values(), *old_choices])
+    match_colors(ds, new_targets, label_field, det_field if has_det else None)
     return new_targets
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import fiftyone as fo
 import numpy as np
 
+from cliprnn.fiftyone.instances import DEFAULT_INSTANCES, instances_from_mask
 from cliprnn.result import CaRResult
 
 OUTPUT_TYPES = ("segmentation", "detections", "heatmaps")
@@ -123,19 +124,15 @@ def segmentation_label(
     return fo.Segmentation(mask=semantic_mask(result, values, dtype), **attrs)
 
 
-def detections_label(result: CaRResult, values: Mapping[str, int]) -> fo.Detections:
-    """One ``Detection`` per kept query that owns pixels in the label map, confidence = score."""
-    dets = []
-    for i, q in enumerate(result.queries):
-        if q not in result.kept:
-            continue
-        mask = result.label_map == i + 1
-        if not mask.any():
-            continue
-        det = fo.Detection.from_mask(mask, label=q, confidence=float(result.scores[i]))
-        det["value"] = int(values[q])
-        dets.append(det)
-    return fo.Detections(detections=dets)
+def detections_label(
+    result: CaRResult, values: Mapping[str, int], instances: str = DEFAULT_INSTANCES
+) -> fo.Detections:
+    """Instance masks of the label map (one ``Detection`` per region of a kept query, or per
+    query with ``instances="class"``), confidence = the query's score."""
+    targets = {int(values[q]): q for q in result.queries}
+    scores = {q: float(s) for q, s in zip(result.queries, result.scores, strict=True)}
+    mask = semantic_mask(result, values, mask_dtype(max(targets, default=1)))
+    return instances_from_mask(mask, targets, scores, instances)
 
 
 def heatmap_arrays(result: CaRResult) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import fiftyone as fo
 
@@ -156,11 +157,13 @@ def resolve_queries(
     queries: Sequence[str] | str | None = None,
     classes_from: str | None = None,
     classes: Sequence[str] | None = None,
+    allow_empty: bool = False,
 ) -> ResolvedQueries:
     """Combine the classes of ``classes_from`` (first; only those in ``classes`` when given)
     with free-text ``queries``.
 
-    A string ``queries`` is one query per line. Raises QueryError when nothing is left.
+    A string ``queries`` is one query per line. Raises QueryError when nothing is left, unless
+    ``allow_empty`` (the samples bring queries of their own).
     """
     if isinstance(queries, str):
         queries = queries.splitlines()
@@ -172,7 +175,7 @@ def resolve_queries(
             chosen = set(clean_queries(classes))
             source_names = [n for n in source_names if n in chosen]
     merged = clean_queries([*source_names, *(queries or [])])
-    if not merged:
+    if not merged and not allow_empty:
         raise QueryError(
             "no queries: give text queries, or a classes_from source with at least one class"
         )
@@ -208,3 +211,45 @@ def assign_values(
         out[q] = free
         taken[free] = q
     return out
+
+
+#: Label types whose labels can be a sample's own queries (besides the sample's tags).
+PER_SAMPLE_TYPES = (fo.Classification, fo.Classifications, fo.Detections)
+TAGS = "tags"
+
+
+def per_sample_sources(collection: fo.core.collections.SampleCollection) -> list[str]:
+    """Fields a run can take each sample's own queries from: ``tags`` and the top-level
+    Classification, Classifications and Detections fields."""
+    schema = collection.get_field_schema(embedded_doc_type=PER_SAMPLE_TYPES)
+    return [TAGS, *sorted(schema)]
+
+
+def _as_names(value: Any) -> list[str]:
+    """Flatten a sample's label values into query strings; None and blanks are dropped,
+    numbers become their text."""
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [n for v in value for n in _as_names(v)]
+    if isinstance(value, bool):
+        return [str(value).lower()]
+    if isinstance(value, int | float | str):
+        text = str(value).strip()
+        return [text] if text else []
+    raise QueryError(f"a label must be a string, got {type(value).__name__}: {value!r}")
+
+
+def sample_queries(
+    collection: fo.core.collections.SampleCollection, field_name: str
+) -> dict[str, list[str]]:
+    """Each sample's own queries (sample id -> names, first-seen order) from ``field_name``:
+    ``"tags"`` or a Classification, Classifications or Detections field."""
+    if field_name != TAGS and field_name not in per_sample_sources(collection):
+        raise ConfigError(
+            f"queries_from={field_name!r}: not 'tags' nor a Classification, Classifications or "
+            f"Detections field; choose from {per_sample_sources(collection)}"
+        )
+    path = TAGS if field_name == TAGS else collection._get_label_field_path(field_name, "label")[1]
+    ids, values = collection.values(["id", path])
+    return {sid: clean_queries(_as_names(v)) for sid, v in zip(ids, values, strict=True)}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
 
 import fiftyone as fo
-
-if TYPE_CHECKING:
-    from cliprnn.fiftyone.collection import SegmentationRun
 
 METHOD = "cliprnn.segment"
 
@@ -26,40 +25,49 @@ def _version() -> str:
         return "unknown"
 
 
-def record_run(collection: fo.core.collections.SampleCollection, run: SegmentationRun) -> None:
-    """Register (or replace) the run record for the run's label field, before any write."""
-    fields = run.fields
+def record_run(
+    collection: fo.core.collections.SampleCollection,
+    label_field: str,
+    record: Mapping[str, Any],
+) -> None:
+    """Register (or replace) the run record for ``label_field``, before any write."""
     cfg = collection.init_run(
-        method=METHOD,
-        cliprnn_version=_version(),
-        label_field=fields.label_field,
-        fields=dict(
-            segmentation=fields.segmentation,
-            detections=fields.detections,
-            heatmaps=dict(fields.heatmaps),
-            error=fields.error,
-        ),
-        queries=list(run.queries),
-        classes_from=run.classes_from,
-        mask_targets={str(k): v for k, v in run.mask_targets.items()},
-        outputs=list(run.outputs),
-        output_dir=str(run.output_dir) if run.output_dir else None,
-        overwrite=run.overwrite,
-        skip_existing=run.skip_existing,
-        skip_failures=run.skip_failures,
-        config=run.config.to_dict(),
+        method=METHOD, cliprnn_version=_version(), label_field=label_field, **record
     )
-    collection.register_run(run_key_for(fields.label_field), cfg, overwrite=True, cleanup=False)
+    collection.register_run(run_key_for(label_field), cfg, overwrite=True, cleanup=False)
 
 
 def record_run_results(
-    collection: fo.core.collections.SampleCollection, run: SegmentationRun
+    collection: fo.core.collections.SampleCollection,
+    label_field: str,
+    results: Mapping[str, Any],
 ) -> None:
     """Attach the run's counts (processed, skipped, failed, first errors, seconds)."""
-    key = run_key_for(run.fields.label_field)
-    data = {k: v for k, v in run.summary.to_dict().items() if k != "run_key"}
-    results = collection.init_run_results(key, **data)
-    collection.save_run_results(key, results, overwrite=True)
+    key = run_key_for(label_field)
+    data = {k: v for k, v in results.items() if k != "run_key"}
+    collection.save_run_results(key, collection.init_run_results(key, **data), overwrite=True)
+
+
+def note_mask_edits(
+    dataset: fo.Dataset,
+    label_field: str,
+    detections_field: str,
+    updated: int,
+    new_classes: list[str],
+) -> None:
+    """Add a line to the run record of ``label_field`` saying edits were folded into it."""
+    key = run_key_for(label_field)
+    if not dataset.has_run(key):
+        return
+    cfg = dataset.get_run_info(key).config
+    entry = dict(
+        at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        from_field=detections_field,
+        samples_updated=int(updated),
+        new_classes=list(new_classes),
+    )
+    cfg.mask_edits = [*(getattr(cfg, "mask_edits", None) or []), entry]
+    dataset.update_run_config(key, cfg)
 
 
 def run_info(dataset: fo.Dataset, label_field: str) -> dict[str, Any] | None:

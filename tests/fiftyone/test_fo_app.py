@@ -145,8 +145,10 @@ def test_form_prefills_classes_and_flags_existing_field(app_server, app_dataset)
     from cliprnn.scenes import CLASSES
 
     assert props["classes"]["default"] == list(CLASSES)
-    assert "queries" in props and "preset" in props and "view_target" in props
-    assert "queries_error" not in props
+    assert "query_text" in props and "preset" in props and "view_target" in props
+    assert "queries_error" not in props and props["query_text"]["required"] is False
+    choices = {c["value"]: c["label"] for c in props["classes_from"]["view"]["choices"]}
+    assert choices["none"] == "None (free text only)"  # a visible "none", not a blank
     app_dataset.add_sample_field("car_exists", fo.EmbeddedDocumentField, fo.Segmentation)
     try:
         props = _form(app_server, app_dataset, {"label_field": "car_exists", "queries": ["a"]})[
@@ -161,8 +163,33 @@ def test_form_prefills_classes_and_flags_existing_field(app_server, app_dataset)
         assert "label_field_error" not in props and "label_field_warning" in props
     finally:
         app_dataset.delete_sample_field("car_exists")
-    props = _form(app_server, app_dataset, {"queries": []})["type"]["properties"]
-    assert props["queries_error"]["invalid"] is True
+    # nothing typed yet: no red error, but Execute waits for a query
+    props = _form(app_server, app_dataset, {})["type"]["properties"]
+    assert "queries_error" not in props and props["query_text"]["required"] is True
+    assert not [p for p in props.values() if p.get("invalid")]
+
+
+def test_form_opens_without_errors_on_a_field_that_exists(app_server, app_dataset) -> None:
+    app_dataset.add_sample_field("car", fo.EmbeddedDocumentField, fo.Segmentation)
+    try:
+        props = _form(app_server, app_dataset, {"query_text": "a"})["type"]["properties"]
+        assert props["label_field"]["default"] == "car_2"
+        assert not [p for p in props.values() if p.get("invalid")]
+    finally:
+        app_dataset.delete_sample_field("car")
+
+
+def test_form_refuses_models_it_cannot_load_and_defaults_to_mini_offline(
+    app_server, app_dataset
+) -> None:
+    props = _form(app_server, app_dataset, {"query_text": "a"})["type"]["properties"]
+    assert props["preset"]["default"] == "mini"  # HF_HUB_OFFLINE and no cached CLIP
+    props = _form(app_server, app_dataset, {"query_text": "a", "preset": "voc"})["type"][
+        "properties"
+    ]
+    assert props["models_error"]["invalid"] is True
+    assert "openai/clip-vit-base-patch16" in props["models_error"]["error_message"]
+    assert "Bundled miniature CLIP" in props["models_error"]["error_message"]
 
 
 def test_form_rejects_bad_advanced_settings(app_server, app_dataset) -> None:
@@ -204,6 +231,56 @@ def test_generator_execution_streams_progress_and_writes_selected(
     app_dataset.reload()
     assert app_dataset.exists("car_http").values("id") == [chosen]
     app_dataset.delete_sample_field("car_http")
+
+
+def _stream(base: str, ds, operator: str, params: dict, selected=()) -> list[dict]:
+    body = dict(dataset_name=ds.name, operator_uri=f"{URI}/{operator}", params=params,
+                selected=list(selected))  # fmt: skip
+    raw = _post(base, "/operators/execute/generator", body)
+    return [json.loads(x) for x in raw.splitlines() if x.strip()]
+
+
+def test_a_failing_run_tells_the_app_why(app_server, app_dataset, tmp_path) -> None:
+    broken = tmp_path / "broken-clip"  # looks like a CLIP folder, has no weights
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "clip"}')
+    model = str(broken)
+    params = dict(query_text="red circle", label_field="car_broken", advanced=True,
+                  proposal_model=model, classifier_model=model, device="cpu")  # fmt: skip
+    lines = _stream(app_server, app_dataset, "segment", params)
+    notes = [m["body"]["params"] for m in lines if m["body"].get("operator_uri") == "notify"]
+    assert notes and notes[-1]["variant"] == "error", lines
+    assert "ModelLoadError" in notes[-1]["message"] and str(broken) in notes[-1]["message"]
+    app_dataset.reload()
+    assert "car_broken" not in app_dataset.get_field_schema()
+
+
+def test_edit_operators_reload_the_open_sample(app_server, app_dataset) -> None:
+    from cliprnn.fiftyone import rebuild_instances
+
+    sid = app_dataset.values("id")[0]
+    app_dataset.add_sample_field("car_fb", fo.EmbeddedDocumentField, fo.Segmentation)
+    sample = app_dataset[sid]
+    sample["car_fb"] = fo.Segmentation(mask=np.eye(8, dtype=np.uint8))
+    sample.save()
+    app_dataset.mask_targets = {**app_dataset.mask_targets, "car_fb": {1: "line"}}
+    app_dataset.save()
+    rebuild_instances(app_dataset.select(sid), "car_fb")
+    try:
+        for operator, params in (
+            ("apply_mask_edits", {"label_field": "car_fb", "detections_field": "car_fb_det"}),
+            ("edit_mask_classes", {"label_field": "car_fb", "action": "rename",
+                                   "classes": ["line"], "new_name": "stroke"}),
+        ):  # fmt: skip
+            body = dict(dataset_name=app_dataset.name, operator_uri=f"{URI}/{operator}",
+                        params=params)  # fmt: skip
+            got = json.loads(_post(app_server, "/operators/execute", body))
+            called = [r["operator_uri"] for r in got["executor"]["requests"]]
+            assert "reload_samples" in called and "reload_dataset" in called, got
+        app_dataset.reload()
+        assert app_dataset.label_schemas["car_fb_det"]["classes"] == ["stroke"]
+    finally:
+        app_dataset.delete_sample_fields(["car_fb", "car_fb_det"])
 
 
 # ------------------------------------------------------------------------- browser (e2e)

@@ -319,7 +319,8 @@ def test_apply_mask_edits_and_edit_classes(make_dataset, tiny_config) -> None:
     )
     original = _masks(ds, "car")
     # unedited instances fold back into exactly the semantic mask
-    assert apply_mask_edits(ds, "car") == 2
+    out = apply_mask_edits(ds, "car")
+    assert (out.updated, out.unchanged, out.trimmed) == (0, 2, 0)
     for sid, mask in _masks(ds, "car").items():
         np.testing.assert_array_equal(mask, original[sid])
     # a user draws a new 'yellow star' box in the top-left quarter of the first sample
@@ -328,7 +329,10 @@ def test_apply_mask_edits_and_edit_classes(make_dataset, tiny_config) -> None:
         fo.Detection(label="yellow star", bounding_box=[0.0, 0.0, 0.25, 0.25])
     )
     s.save()
-    foo.get_operator(f"{URI}/apply_mask_edits")(ds, label_field="car")
+    fold = foo.get_operator(f"{URI}/apply_mask_edits")
+    with pytest.raises(Exception, match="yellow star"):  # not a class of the field
+        fold(ds, label_field="car")
+    fold(ds, label_field="car", allow_new_classes=True)
     assert ds.mask_targets["car"][4] == "yellow star"
     mask = ds.first()["car"].mask
     assert (mask[:12, :16] == 4).all() and "yellow star" in ds.first()["car"].kept

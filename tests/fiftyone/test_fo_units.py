@@ -11,7 +11,8 @@ from PIL import Image
 
 from cliprnn.errors import ConfigError, QueryError
 from cliprnn.fiftyone import labels as L
-from cliprnn.fiftyone.edits import class_mapping, remap_targets, render_detections
+from cliprnn.fiftyone.edits import class_mapping, remap_targets
+from cliprnn.fiftyone.instances import render_instances
 from cliprnn.fiftyone.files import validate_output_dir, write_png_atomic
 from cliprnn.fiftyone.lock import FieldLock, FieldLockedError
 from cliprnn.fiftyone.queries import (
@@ -175,7 +176,7 @@ def test_detections_fold_back_into_the_same_mask() -> None:
     assert [(d.label, d.value) for d in dets] == [("cat", 1), ("sky", 3)]
     assert dets[0].confidence == pytest.approx(0.9)
     assert dets[0].bounding_box == pytest.approx([0.0, 0.0, 0.5, 1.0])
-    back = render_detections(dets, values, (4, 6), np.uint8)
+    back = render_instances(dets, values, (4, 6), np.uint8).mask
     np.testing.assert_array_equal(back, L.semantic_mask(res, values, np.uint8))
 
 
@@ -272,7 +273,7 @@ def test_write_png_atomic_keeps_the_old_file_when_a_write_crashes(tmp_path, monk
 
 
 # ----------------------------------------------------------------------------- forms
-def test_segment_form_recommends_delegation_above_the_threshold() -> None:
+def test_segment_form_has_one_delegation_control_the_execute_menu() -> None:
     import fiftyone.operators as foo
     from fiftyone.operators.executor import ExecutionContext
 
@@ -281,16 +282,20 @@ def test_segment_form_recommends_delegation_above_the_threshold() -> None:
     try:
         ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.png") for i in range(50)])
 
-        def form(params: dict) -> dict:
-            req = dict(dataset_name=ds.name, params=dict(queries=["cat"], **params))
-            return op.resolve_input(ExecutionContext(request_params=req)).type.properties
+        def ctx() -> ExecutionContext:
+            req = dict(dataset_name=ds.name, params=dict(queries=["cat"]))
+            return ExecutionContext(request_params=req)
 
-        props = form({})  # 50 samples: at the threshold, immediate by default, no warning
-        assert props["delegate"].default is False and "delegate_warning" not in props
+        def form() -> dict:
+            return op.resolve_input(ctx()).type.properties
+
+        props = form()  # 50 samples: at the threshold, immediate by default, no notice
+        assert "delegate" not in props and "delegate_warning" not in props
+        assert op.resolve_execution_options(ctx()).default_choice_to_delegated is False
         ds.add_sample(fo.Sample(filepath="/nonexistent/50.png"))
-        props = form({})  # 51: delegation pre-selected
-        assert props["delegate"].default is True and "delegate_warning" not in props
-        props = form({"delegate": False})  # the user turns it off: a warning says why not to
-        assert "51 samples: consider delegating" in props["delegate_warning"].view.label
+        props = form()  # 51: Schedule pre-selected in the Execute menu, and a notice says so
+        assert "delegate" not in props
+        assert "51 samples: choose Schedule" in props["delegate_warning"].view.label
+        assert op.resolve_execution_options(ctx()).default_choice_to_delegated is True
     finally:
         ds.delete()

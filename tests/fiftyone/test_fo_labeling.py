@@ -1,0 +1,319 @@
+"""The labeling loop on a real FiftyOne database: editable instances with a label schema,
+edits folded back pixel by pixel (inline, file-backed, added, deleted, relabelled), the
+reverse direction, per-sample queries, and bad input that loses nothing."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+
+from cliprnn.errors import ConfigError, QueryError
+from cliprnn.fiftyone import (
+    apply_mask_edits,
+    edit_mask_classes,
+    rebuild_instances,
+    run_info,
+    segment_collection,
+)
+from cliprnn.fiftyone.engine import get_car
+from cliprnn.fiftyone.instances import instance_pixels
+
+pytestmark = pytest.mark.fiftyone
+
+QUERIES = ["red circle", "blue square", "green triangle"]
+TARGETS = {1: "cat", 2: "dog", 3: "sky"}
+
+
+def _label_map(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """A semantic mask with sky on top, a cat and two dogs (values of TARGETS)."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((h, w), dtype=np.uint8)
+    mask[: h // 4] = 3
+    y, x = rng.integers(16, 22), rng.integers(2, 10)
+    mask[y : y + 10, x : x + 12] = 1
+    mask[30:40, 30:38] = 2
+    mask[28:44, 48:60] = 2
+    return mask
+
+
+@pytest.fixture
+def labelled(make_dataset):
+    """Two samples with a semantic field 'car' and its instances 'car_det' (schema active)."""
+    ds = make_dataset(2)
+    for i, sample in enumerate(ds):
+        sample["car"] = fo.Segmentation(mask=_label_map(i), queries=["cat", "dog", "sky", "cow"],
+                                        scores=[0.9, 0.8, 0.7, 0.0])  # fmt: skip
+        sample.save()
+    ds.mask_targets = {"car": dict(TARGETS)}
+    ds.save()
+    rebuild_instances(ds, "car")
+    return ds
+
+
+def _mask(ds: fo.Dataset, sid: str) -> np.ndarray:
+    return ds[sid]["car"].get_mask()
+
+
+def _app_save(det: fo.Detection, pixels: np.ndarray, scale: float = 6.25) -> None:
+    """Store ``pixels`` (H×W bool) in ``det`` the way the App saves an edited mask: inline, at
+    ``scale`` times the image's resolution, in a box off the pixel grid, mask_path cleared."""
+    h, w = pixels.shape
+    ys, xs = np.nonzero(pixels)
+    x0, x1 = xs.min() - 0.3, xs.max() + 1.3
+    y0, y1 = ys.min() - 0.2, ys.max() + 1.4
+    mh, mw = round((y1 - y0) * scale), round((x1 - x0) * scale)
+    rows = np.clip(np.floor(y0 + (np.arange(mh) + 0.5) / scale).astype(int), 0, h - 1)
+    cols = np.clip(np.floor(x0 + (np.arange(mw) + 0.5) / scale).astype(int), 0, w - 1)
+    det.mask = pixels[np.ix_(rows, cols)]
+    det.mask_path = None
+    det.bounding_box = [x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h]
+
+
+def _instances(ds: fo.Dataset, sid: str, label: str) -> list[fo.Detection]:
+    return [d for d in ds[sid]["car_det"].detections if d.label == label]
+
+
+# ------------------------------------------------------------------ editable by default
+def test_a_run_makes_its_instances_editable_with_every_class(make_dataset, tiny_config) -> None:
+    ds = make_dataset(2)
+    segment_collection(ds, QUERIES, config=tiny_config, progress=False,
+                       outputs=["segmentation", "detections"])  # fmt: skip
+    assert "car_det" in ds.active_label_schemas
+    schema = ds.label_schemas["car_det"]
+    assert schema["type"] == "detections" and schema["component"] == "dropdown"
+    assert schema["classes"] == QUERIES  # unused classes too, so an instance can take one
+    # each class has one colour in both fields
+    fields = {e["path"]: e for e in ds.app_config.color_scheme.fields}
+    seg = {c["intTarget"]: c["color"] for c in fields["car"]["maskTargetsColors"]}
+    det = {c["value"]: c["color"] for c in fields["car_det"]["valueColors"]}
+    assert fields["car_det"]["colorByAttribute"] == "label"
+    assert {ds.mask_targets["car"][v]: c for v, c in seg.items()} == det
+    assert len(set(seg.values())) == 3
+    # the instances cover exactly the semantic mask
+    for sample in ds:
+        back = np.zeros_like(sample["car"].mask)
+        for d in sample["car_det"].detections:
+            back[instance_pixels(d, back.shape)] = d.value
+        np.testing.assert_array_equal(back, sample["car"].mask)
+
+
+def test_instances_are_one_per_region_by_default(labelled) -> None:
+    sid = labelled.first().id
+    assert len(_instances(labelled, sid, "dog")) == 2  # two dogs, two objects
+    assert _instances(labelled, sid, "dog")[0].confidence == pytest.approx(0.8)
+    rebuild_instances(labelled, "car", instances="class")
+    assert len(_instances(labelled, sid, "dog")) == 1
+
+
+# ------------------------------------------------------------------------------ fold back
+def test_unedited_instances_fold_back_to_the_same_masks(labelled) -> None:
+    before = {s.id: _mask(labelled, s.id) for s in labelled}
+    out = apply_mask_edits(labelled, "car")
+    assert (out.updated, out.unchanged) == (0, 2)
+    for sid, mask in before.items():
+        np.testing.assert_array_equal(_mask(labelled, sid), mask)
+
+
+def test_an_inline_edit_changes_only_the_stroke_pixels(labelled) -> None:
+    sid = labelled.first().id
+    before = _mask(labelled, sid)
+    sample = labelled[sid]
+    cat = next(d for d in sample["car_det"].detections if d.label == "cat")
+    pixels = instance_pixels(cat, before.shape)
+    stroke = np.zeros_like(pixels)
+    stroke[2:8, 20:40] = True  # painted up into the sky
+    erased = np.zeros_like(pixels)
+    ys, xs = np.nonzero(pixels)
+    erased[ys.min() : ys.min() + 3, xs.min() : xs.min() + 4] = True  # and erased a corner
+    _app_save(cat, (pixels | stroke) & ~erased)
+    sample.save()
+    out = apply_mask_edits(labelled, "car")
+    assert out.updated == 1 and out.unchanged == 1 and out.trimmed == 1  # the sky lost pixels
+    after = _mask(labelled, sid)
+    expected = before.copy()
+    expected[stroke] = 1
+    expected[erased] = 0
+    np.testing.assert_array_equal(after, expected)  # not one pixel elsewhere
+    # the instance field agrees, so a second fold-back changes nothing
+    assert apply_mask_edits(labelled, "car").updated == 0
+    np.testing.assert_array_equal(_mask(labelled, sid), expected)
+    edits = run_info(labelled, "car")
+    assert edits is None or "mask_edits" in edits  # no run record here: written by hand
+
+
+def test_file_backed_added_deleted_and_relabelled_instances(labelled, tmp_path: Path) -> None:
+    sid = labelled.first().id
+    before = _mask(labelled, sid)
+    sample = labelled[sid]
+    dets = sample["car_det"].detections
+    sky = next(d for d in dets if d.label == "sky")
+    sky.export_mask(str(tmp_path / "sky.png"), update=True)  # its mask now lives in a file
+    assert sky.mask is None and sky.mask_path
+    dogs = [d for d in dets if d.label == "dog"]
+    dets.remove(dogs[0])  # deleted: its pixels become background
+    dogs[1].label = "cow"  # relabelled to a class of the label schema the field never used
+    drawn = fo.Detection(label="cat", bounding_box=[0.0, 0.0, 0.125, 0.125])  # added, on sky
+    dets.append(drawn)
+    sample.save()
+    labelled.update_label_schema(
+        "car_det", {**labelled.label_schemas["car_det"], "classes": ["cat", "dog", "sky", "cow"]}
+    )
+    out = apply_mask_edits(labelled, "car")
+    assert out.new_classes == ["cow"] and labelled.mask_targets["car"][4] == "cow"
+    after = _mask(labelled, sid)
+    expected = before.copy()
+    expected[instance_pixels(dogs[0], before.shape)] = 0
+    expected[instance_pixels(dogs[1], before.shape)] = 4
+    expected[:6, :8] = 1  # the drawn box wins over the sky
+    np.testing.assert_array_equal(after, expected)
+    assert "cow" in labelled.label_schemas["car_det"]["classes"]
+    assert labelled[sid]["car"].kept == ["cat", "sky", "cow"]
+
+
+def test_the_run_record_notes_folded_edits(make_dataset, tiny_config) -> None:
+    ds = make_dataset(1)
+    segment_collection(ds, QUERIES, config=tiny_config, progress=False,
+                       outputs=["segmentation", "detections"])  # fmt: skip
+    sample = ds.first()
+    sample["car_det"].detections.append(
+        fo.Detection(label="blue square", bounding_box=[0.0, 0.0, 0.5, 0.5])
+    )
+    sample.save()
+    apply_mask_edits(ds, "car")
+    (entry,) = run_info(ds, "car")["mask_edits"]
+    assert entry["from_field"] == "car_det" and entry["samples_updated"] == 1
+    assert (ds.first()["car"].mask[:24, :32] == 2).all()
+
+
+# -------------------------------------------------------------------- the other direction
+def test_class_edits_carry_over_to_the_instances_and_their_schema(labelled) -> None:
+    edit_mask_classes(labelled, "car", rename={"dog": "puppy"})
+    for sample in labelled:
+        assert {d.label for d in sample["car_det"].detections} == {"cat", "puppy", "sky"}
+        assert sample["car"].queries == ["cat", "puppy", "sky", "cow"]
+    classes = labelled.label_schemas["car_det"]["classes"]
+    assert "puppy" in classes and "dog" not in classes
+    # a stale 'dog' written back later is refused, not added as a second class
+    sample = labelled.first()
+    sample["car_det"].detections[0].label = "dog"
+    sample.save()
+    with pytest.raises(ConfigError, match="dog"):
+        apply_mask_edits(labelled, "car")
+    assert sorted(labelled.mask_targets["car"].values()) == ["cat", "puppy", "sky"]
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_foreign_classes_are_refused_and_nothing_is_written(labelled) -> None:
+    before = {s.id: _mask(labelled, s.id) for s in labelled}
+    labelled.add_sample_field("other", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    sample = labelled.first()
+    sample["other"] = fo.Detections(
+        detections=[fo.Detection(label="zebra", bounding_box=[0.1, 0.1, 0.2, 0.2])]
+    )
+    sample.save()
+    with pytest.raises(ConfigError, match=rf"zebra.*{sample.id}"):
+        apply_mask_edits(labelled, "car", "other")
+    for sid, mask in before.items():
+        np.testing.assert_array_equal(_mask(labelled, sid), mask)
+    assert labelled.mask_targets["car"] == TARGETS
+    apply_mask_edits(labelled, "car", "other", allow_new_classes=True)
+    assert labelled.mask_targets["car"][4] == "zebra"
+
+
+def test_samples_without_instances_keep_their_mask(labelled) -> None:
+    sid = labelled.first().id
+    before = _mask(labelled, sid)
+    sample = labelled[sid]
+    sample["car_det"] = None  # the whole label deleted, not its instances
+    sample.save()
+    out = apply_mask_edits(labelled, "car")
+    assert out.skipped == [sid]
+    np.testing.assert_array_equal(_mask(labelled, sid), before)
+    sample = labelled[sid]
+    sample["car_det"] = fo.Detections(detections=[])  # every instance deleted
+    sample.save()
+    apply_mask_edits(labelled, "car")
+    assert not _mask(labelled, sid).any()
+
+
+def test_bad_fields_and_empty_views(labelled) -> None:
+    labelled.add_sample_field("note", fo.StringField)
+    with pytest.raises(ConfigError, match="not a Detections field"):
+        apply_mask_edits(labelled, "car", "note")
+    with pytest.raises(ConfigError, match="no field 'nope'"):
+        apply_mask_edits(labelled, "car", "nope")
+    with pytest.raises(ConfigError, match="no samples"):
+        apply_mask_edits(labelled.limit(0), "car")
+    with pytest.raises(ConfigError, match="not a Segmentation"):
+        apply_mask_edits(labelled, "note", "car_det")
+
+
+# ------------------------------------------------------------------- per-sample queries
+@pytest.fixture
+def tagged(make_dataset):
+    ds = make_dataset(4)
+    kinds = [
+        ("cls", fo.Classification(label="red circle")),
+        ("multi", fo.Classifications(classifications=[fo.Classification(label="blue square"),
+                                                      fo.Classification(label="red circle")])),
+        ("boxes", fo.Detections(detections=[fo.Detection(label="green triangle",
+                                                         bounding_box=[0, 0, 1, 1])])),
+    ]  # fmt: skip
+    for sample, (tag, label) in zip(ds, kinds, strict=False):
+        sample.tags = [tag.replace("cls", "red circle")]
+        sample[f"lab_{tag}"] = label
+        sample.save()
+    return ds  # the fourth sample has no labels and no tags
+
+
+@pytest.mark.parametrize("field", ["lab_cls", "lab_multi", "lab_boxes", "tags"])
+def test_each_sample_is_queried_for_its_own_labels(tagged, tiny_config, field) -> None:
+    summary = segment_collection(tagged, queries_from=field, config=tiny_config, progress=False,
+                                 label_field="own")  # fmt: skip
+    own = {
+        "lab_cls": [["red circle"]],
+        "lab_multi": [["blue square", "red circle"]],
+        "lab_boxes": [["green triangle"]],
+        "tags": [["red circle"], ["multi"], ["boxes"]],
+    }[field]
+    targets = tagged.mask_targets["own"]
+    car = get_car(tiny_config)
+    done = tagged.exists("own")
+    assert len(done) == len(own) and summary.processed == len(own)
+    assert summary.skipped == 4 - len(own) and len(summary.no_queries) == 4 - len(own)
+    assert set(summary.no_queries).isdisjoint(done.values("id"))
+    for sample, queries in zip(done, own, strict=True):
+        direct = car.segment(sample.filepath, queries)
+        lut = np.array([0] + [{n: v for v, n in targets.items()}[q] for q in queries])
+        np.testing.assert_array_equal(sample["own"].mask, lut[direct.label_map])
+        assert sample["own"].queries == queries
+    assert run_info(tagged, "own")["queries_from"] == field
+
+
+def test_per_sample_queries_plus_free_text_share_one_set_of_values(tagged, tiny_config) -> None:
+    segment_collection(tagged, ["sky"], queries_from="lab_multi", config=tiny_config,
+                       progress=False, label_field="mix")  # fmt: skip
+    assert tagged.mask_targets["mix"] == {1: "blue square", 2: "red circle", 3: "sky"}
+    queried = {s.id: s["mix"].queries for s in tagged.exists("mix")}
+    assert sorted(map(tuple, queried.values())) == [
+        ("blue square", "red circle", "sky"),
+        ("sky",),
+        ("sky",),
+        ("sky",),
+    ]
+
+
+def test_per_sample_queries_bad_input(tagged, tiny_config) -> None:
+    with pytest.raises(ConfigError, match="queries_from='nope'"):
+        segment_collection(tagged, queries_from="nope", config=tiny_config, progress=False)
+    empty = fo.Dataset(f"cliprnn-test-{uuid.uuid4().hex[:8]}")
+    try:
+        empty.add_samples([fo.Sample(filepath=tagged.first().filepath)])
+        with pytest.raises(QueryError, match="no sample has labels in 'tags'"):
+            segment_collection(empty, queries_from="tags", config=tiny_config, progress=False)
+    finally:
+        empty.delete()
