@@ -12,8 +12,8 @@ from PIL import Image
 from cliprnn.errors import ConfigError, QueryError
 from cliprnn.fiftyone import labels as L
 from cliprnn.fiftyone.edits import class_mapping, remap_targets
-from cliprnn.fiftyone.instances import render_instances
 from cliprnn.fiftyone.files import validate_output_dir, write_png_atomic
+from cliprnn.fiftyone.instances import render_instances
 from cliprnn.fiftyone.lock import FieldLock, FieldLockedError
 from cliprnn.fiftyone.queries import (
     assign_values,
@@ -297,5 +297,31 @@ def test_segment_form_has_one_delegation_control_the_execute_menu() -> None:
         assert "delegate" not in props
         assert "51 samples: choose Schedule" in props["delegate_warning"].view.label
         assert op.resolve_execution_options(ctx()).default_choice_to_delegated is True
+    finally:
+        ds.delete()
+
+
+def test_apply_edits_form_pairs_the_instance_field_with_its_semantic_field() -> None:
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    op = foo.get_operator("@cliprnn/clip-as-rnn/apply_mask_edits")
+    ds = fo.Dataset()
+    try:
+        ds.add_sample(fo.Sample(filepath="/nonexistent/0.png"))
+        for name, kind in (("aaa_det", fo.Detections), ("zed", fo.Segmentation),
+                           ("zed_det", fo.Detections)):  # fmt: skip
+            ds.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=kind)
+
+        def form(params: dict) -> dict:
+            req = dict(dataset_name=ds.name, params=params)
+            return op.resolve_input(ExecutionContext(request_params=req)).type.properties
+
+        props = form({})
+        assert props["label_field"].default == "zed"
+        assert props["detections_field"].default == "zed_det"  # not the alphabetically first
+        assert form({"label_field": "zed"})["detections_field"].default == "zed_det"
+        assert "allow_new_classes" in props
+        assert "allow_new_classes" not in form({"direction": "to_detections"})
     finally:
         ds.delete()
