@@ -317,3 +317,22 @@ def test_per_sample_queries_bad_input(tagged, tiny_config) -> None:
             segment_collection(empty, queries_from="tags", config=tiny_config, progress=False)
     finally:
         empty.delete()
+
+
+def test_labels_that_are_not_strings() -> None:
+    from cliprnn.fiftyone.queries import _as_names
+
+    assert _as_names(["cat", None, "  ", 3, 2.5, True, [["dog"]]]) == [
+        "cat", "3", "2.5", "true", "dog"
+    ]  # fmt: skip
+    assert _as_names(None) == []
+    with pytest.raises(QueryError, match="must be a string"):
+        _as_names([{"label": "cat"}])
+
+
+def test_skipped_samples_are_recorded_in_the_run(tagged, tiny_config) -> None:
+    segment_collection(tagged, queries_from="lab_cls", config=tiny_config, progress=False,
+                       label_field="rec")  # fmt: skip
+    results = tagged.load_run_results("cliprnn_rec")
+    assert len(results.no_queries) == 3 and results.skipped == 3 and results.processed == 1
+    assert "rec_error" not in tagged.get_field_schema()  # skipped, not failed
