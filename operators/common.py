@@ -64,14 +64,22 @@ def free_field_name(dataset, base: str, suffixes: Iterable[str] = ("",)) -> str:
         n += 1
 
 
+#: Said after an operator rewrote labels of samples the App may have shown in its modal.
+RELOAD_HINT = "reload the page (F5) before editing these samples again in the Annotate tab"
+
+
 def refresh_app(ctx, fields: Iterable[str] = ()) -> list:
-    """Make the App show labels an operator changed: reload the dataset, the grid and the open
-    sample (an open sample keeping old labels writes them back on its next edit), and show
-    ``fields``. Returns the trigger messages, for a generator operator to yield."""
+    """Make the App show labels an operator changed: reload the dataset and the grid, show
+    ``fields``, and close the sample modal (an open sample keeps the labels it loaded, and its
+    next edit would write them back). The App (1.22) also keeps the overlays of samples it has
+    shown in the modal until the page reloads: :data:`RELOAD_HINT` says so. Returns the trigger
+    messages, for a generator operator to yield."""
     fields = list(fields)
     messages = [ctx.ops.reload_dataset(), ctx.ops.reload_samples()]
     if fields:
         messages.append(ctx.ops.set_active_fields(fields=fields))
+    if ctx.current_sample:  # an open modal keeps the labels it loaded: close it
+        messages.append(ctx.ops.close_sample())
     return messages
 
 

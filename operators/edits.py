@@ -8,6 +8,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .common import (
+    RELOAD_HINT,
     choices_view,
     cliprnn_missing,
     delegation_inputs,
@@ -132,6 +133,9 @@ class ApplyMaskEdits(foo.Operator):
             result = {"updated": out.updated, "label_field": field, "message": message}
         if not ctx.delegated:
             refresh_app(ctx)
+            if result["updated"]:
+                message = f"{message}; {RELOAD_HINT}"
+                result["message"] = message
             ctx.ops.notify(message, variant="success")
         return result
 
@@ -254,6 +258,7 @@ class EditMaskClasses(foo.Operator):
         targets = edit_mask_classes(ctx.dataset, p["label_field"], **kwargs)
         if not ctx.delegated:
             refresh_app(ctx)
+            ctx.ops.notify(f"Classes of '{p['label_field']}' edited; {RELOAD_HINT}")
         return {"mask_targets": {str(k): v for k, v in targets.items()}}
 
     def __call__(
