@@ -13,11 +13,14 @@ its folder under ``fo.config.model_zoo_dir`` as the package path), so the relati
 def register(p):
     """Register the plugin's operators with FiftyOne."""
     from .operators.edits import ApplyMaskEdits, EditMaskClasses
+    from .operators.runs import ResumeRun, SegmentShard
     from .operators.segment import Segment
 
     p.register(Segment)
     p.register(ApplyMaskEdits)
     p.register(EditMaskClasses)
+    p.register(SegmentShard)
+    p.register(ResumeRun)
 
 
 def download_model(model_name, model_path):

@@ -114,13 +114,28 @@ class Segment(foo.Operator):
         _model_inputs(ctx, inputs)
         _output_inputs(ctx, inputs)
         delegation_inputs(inputs, count)
+        _shard_inputs(ctx, inputs, count)
         del target
         return types.Property(inputs, view=types.View(label="Segment with text (CLIP as RNN)"))
 
     def execute(self, ctx):
         from cliprnn.fiftyone.collection import SegmentationRun
 
+        shards = shard_count(ctx.params)
         if ctx.delegated:
+            if shards > 1:
+                # The planning job: fix the run once, queue one operation per shard, return.
+                from cliprnn.fiftyone.shards import queue_sharded_run
+
+                plan = queue_sharded_run(
+                    ctx.target_view(),
+                    shards,
+                    operator_uri=f"{self.plugin_name}/segment_shard",
+                    delegation_target=ctx.delegation_target,
+                    **run_kwargs(ctx.params),
+                )
+                ctx.set_progress(progress=1.0, label=plan.message)
+                return
             run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params))
             for p in run:
                 ctx.set_progress(progress=p.fraction, label=p.label)
@@ -137,7 +152,10 @@ class Segment(foo.Operator):
             raise
         s = run.summary
         yield from refresh_app(ctx, s.fields)
-        yield ctx.ops.notify(_summary_message(run), variant="warning" if s.failed else "success")
+        message = _summary_message(run)
+        if shards > 1:
+            message += f" as one job: 'Split into {shards} jobs' applies to scheduled runs"
+        yield ctx.ops.notify(message, variant="warning" if s.failed or shards > 1 else "success")
 
     def __call__(
         self,
@@ -156,6 +174,7 @@ class Segment(foo.Operator):
         skip_failures: bool = False,
         batch_size: int = 8,
         classes: list[str] | None = None,
+        shards: int = 1,
         delegate: bool = False,
         delegation_target: str | None = None,
         **advanced: Any,
@@ -180,6 +199,12 @@ class Segment(foo.Operator):
         for large collections pass ``delegate=True`` or call
         :func:`cliprnn.fiftyone.segment_collection`. In a notebook, ``await`` the result.
 
+        ``shards=K`` with ``delegate=True`` splits the run into K delegated operations over
+        disjoint slices of ``sample_collection``, for K workers: the run is planned here and
+        now (queries, mask values, fields fixed; the field locked for this run), and the
+        result lists the run id and the queued operations. ``resume_run`` re-queues jobs
+        whose worker died. ``shards`` needs ``delegate=True``.
+
         Example usage::
 
             import fiftyone as fo
@@ -188,10 +213,21 @@ class Segment(foo.Operator):
             segment = foo.get_operator("@cliprnn/clip-as-rnn/segment")
             segment(dataset.take(5), queries=["cat", "dog"], label_field="car", preset="voc")
             segment(dataset, classes_from="mask_targets:ground_truth", delegate=True)
+            segment(dataset, queries=["cat"], label_field="cat", shards=4, delegate=True)
         """
         unknown = sorted(set(advanced) - set(ADVANCED))
         if unknown:
             raise TypeError(f"unknown arguments {unknown}; advanced settings are {list(ADVANCED)}")
+        from cliprnn.errors import ConfigError
+        from cliprnn.fiftyone.shards import check_shards
+
+        check_shards(shards)
+        if shards > 1 and not delegate:
+            raise ConfigError(
+                f"shards={shards} splits a scheduled run into {shards} delegated jobs; pass "
+                "delegate=True (and start workers with `fiftyone delegated launch`), or "
+                "shards=1 to run here"
+            )
         params = dict(
             queries=list(queries or []),
             classes_from=classes_from or NO_SOURCE,
@@ -213,9 +249,52 @@ class Segment(foo.Operator):
             params["classes"] = list(classes)
         for name, value in advanced.items():
             params[name] = ", ".join(value) if name == "background_words" else value
+        if shards > 1:
+            return _queue_from_sdk(self, sample_collection, params, shards, delegation_target)
         return execute_from_sdk(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
         )
+
+
+def shard_count(params: dict[str, Any]) -> int:
+    """The form's (or SDK's) "Split into K jobs" value; 1 when absent."""
+    from cliprnn.fiftyone.shards import check_shards
+
+    value = params.get("shards")
+    return 1 if value in (None, "") else check_shards(int(value))
+
+
+def _queue_from_sdk(
+    operator: foo.Operator,
+    sample_collection: Any,
+    params: dict[str, Any],
+    shards: int,
+    delegation_target: str | None,
+) -> Any:
+    """Plan a sharded run here and queue its jobs; an ExecutionResult (delegated) whose
+    ``result`` describes the run. In a notebook (a running event loop) it is awaitable, as
+    ``execute_operator``'s result is there."""
+    import asyncio
+
+    from fiftyone.operators.executor import ExecutionResult
+
+    from cliprnn.fiftyone.shards import queue_sharded_run
+
+    plan = queue_sharded_run(
+        sample_collection,
+        shards,
+        operator_uri=f"{operator.plugin_name}/segment_shard",
+        delegation_target=delegation_target,
+        **run_kwargs(params),
+    )
+    result = ExecutionResult(result=plan.to_dict(), delegated=True)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return result
+    future = loop.create_future()
+    future.set_result(result)
+    return future
 
 
 def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
@@ -437,6 +516,35 @@ def _check_models(inputs: types.Object, config) -> None:
             inputs,
             "models_error",
             " ".join(problems) + " Choose the preset 'Bundled miniature CLIP' to run offline.",
+        )
+
+
+def _shard_inputs(ctx, inputs: types.Object, count: int) -> None:
+    """The "Split into K jobs" field (scheduled runs), and a refusal while a sharded run
+    holds the output field."""
+    from cliprnn.fiftyone.lock import lock_holder
+
+    if count > 1:
+        inputs.int(
+            "shards",
+            default=1,
+            min=1,
+            label="Split into K jobs",
+            description="When scheduled (Execute menu: Schedule): K delegated operations over "
+            "disjoint slices of the target, one per `fiftyone delegated launch` worker you "
+            "start. A run executed here is one job",
+        )
+    field = ctx.params.get("label_field")
+    if not field or ctx.dataset is None:
+        return
+    held = lock_holder(str(ctx.dataset._doc.id), field)
+    if held and held.get("run"):
+        fail(
+            inputs,
+            "sharded_run_error",
+            f"Field '{field}' belongs to the unfinished sharded run '{held['run']}' "
+            f"({held.get('shards')} jobs). Wait for it, or resume or cancel it with "
+            "'Resume a sharded segment run'.",
         )
 
 

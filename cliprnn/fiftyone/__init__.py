@@ -16,6 +16,7 @@ from cliprnn.fiftyone.lock import FieldLockedError
 from cliprnn.fiftyone.model import CaRModel
 from cliprnn.fiftyone.queries import class_sources, resolve_queries, source_classes
 from cliprnn.fiftyone.runs import run_info
+from cliprnn.fiftyone.shards import cancel_run, queue_sharded_run, resume_run, run_status
 
 __all__ = [
     "CaRModel",
@@ -25,12 +26,16 @@ __all__ = [
     "SampleError",
     "SegmentationRun",
     "apply_mask_edits",
+    "cancel_run",
     "class_sources",
     "edit_mask_classes",
+    "queue_sharded_run",
     "rebuild_instances",
     "resolve_config",
     "resolve_queries",
+    "resume_run",
     "run_info",
+    "run_status",
     "segment_collection",
     "source_classes",
 ]

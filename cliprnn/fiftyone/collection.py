@@ -114,6 +114,7 @@ class SegmentationRun:
         classes: Sequence[str] | None = None,
         queries_from: str | None = None,
         instances: str = DEFAULT_INSTANCES,
+        load_model: bool = True,
         **config_overrides: Any,
     ) -> None:
         coll = sample_collection
@@ -132,6 +133,8 @@ class SegmentationRun:
         self.queries_from = queries_from or None
         self.per_sample: dict[str, list[str]] | None = None
         resolved = resolve_queries(coll, queries, classes_from, classes, bool(queries_from))
+        #: The queries every sample gets (with ``queries_from``, after the sample's own).
+        self.shared_queries = list(resolved.queries)
         if self.queries_from:
             own = sample_queries(coll, self.queries_from)
             self.per_sample = {
@@ -183,7 +186,8 @@ class SegmentationRun:
         elif self.fields.heatmaps:
             root = Path(fo.config.default_dataset_dir) / "cliprnn" / str(self.dataset._doc.id)
             self.output_dir = validate_output_dir(root, (), True) / label_field
-        self.car = get_car(self.config)
+        #: The engine; ``load_model=False`` (planning a sharded run) leaves it to the workers.
+        self.car = get_car(self.config) if load_model else None
         self.summary = RunSummary(
             label_field,
             self.fields.all(),
@@ -236,31 +240,133 @@ class SegmentationRun:
         inference. A failure that stops the run (``skip_failures`` off, an interrupt) still
         writes the results finished before it.
         """
-        start = time.perf_counter()
-        total = len(self.ids)
         lock = FieldLock(str(self.dataset._doc.id), self.dataset.name, self.fields.label_field)
         with lock:
             self._prepare_dataset()
             record_run(self.collection, self.fields.label_field, self._record())
-            done = 0
-            batch = _Batch(self.fields.all())
-            items = zip(self.ids, self.paths, strict=True)
-            loaded = prefetch(items, _load, workers=self.num_workers, ahead=self.prefetch_ahead)
-            with contextlib.closing(loaded):
-                try:
-                    for (sid, path), image in loaded:
-                        self._segment_one(sid, path, image, batch)
-                        if len(batch) >= self.batch_size:
-                            done += self._flush(batch)
-                            lock.refresh()
-                            yield self._progress(done, total, start)
-                    if len(batch):
-                        done += self._flush(batch)
-                        yield self._progress(done, total, start)
-                finally:
-                    self._flush(batch)
-            self.summary.seconds = time.perf_counter() - start
+            yield from self.segment_samples(lambda done: lock.refresh())
             record_run_results(self.collection, self.fields.label_field, self.summary.to_dict())
+
+    def segment_samples(self, on_write: Callable[[int], Any] | None = None) -> Iterator[Progress]:
+        """The sample loop alone: segment ``self.ids`` in order and write them in batches,
+        calling ``on_write(done)`` after each write (``done`` = samples written so far, always
+        a prefix of ``self.ids``) and yielding progress. It takes no lock and declares no
+        field: :meth:`__iter__` does both, and a sharded run does them once, when planned."""
+        start = time.perf_counter()
+        total = len(self.ids)
+        if self.car is None:
+            self.car = get_car(self.config)
+        done = 0
+        batch = _Batch(self.fields.all())
+
+        def flush() -> int:
+            nonlocal done
+            n = self._flush(batch)
+            if n:
+                done += n
+                if on_write is not None:
+                    on_write(done)
+            return n
+
+        items = zip(self.ids, self.paths, strict=True)
+        loaded = prefetch(items, _load, workers=self.num_workers, ahead=self.prefetch_ahead)
+        with contextlib.closing(loaded):
+            try:
+                for (sid, path), image in loaded:
+                    self._segment_one(sid, path, image, batch)
+                    if len(batch) >= self.batch_size:
+                        flush()
+                        yield self._progress(done, total, start)
+                if len(batch):
+                    flush()
+                    yield self._progress(done, total, start)
+            finally:
+                flush()
+        self.summary.seconds = time.perf_counter() - start
+
+    @classmethod
+    def from_spec(
+        cls,
+        dataset: fo.Dataset,
+        spec: Mapping[str, Any],
+        ids: Sequence[str],
+        load_model: bool = True,
+    ) -> SegmentationRun:
+        """The run a shard of a planned run executes: the settings fixed by :meth:`spec`
+        (queries, mask values, mask targets, fields, config) over the samples ``ids`` of
+        ``dataset``, in that order. Samples deleted since are skipped; with ``queries_from``
+        each sample is queried for its own labels now, limited to the planned queries."""
+        run = cls.__new__(cls)
+        run.dataset = dataset
+        run.collection = dataset
+        run.outputs = list(spec["outputs"])
+        run.config = config_from_dict(spec["config"])
+        run.instances = spec["instances"]
+        run.queries_from = spec.get("queries_from") or None
+        run.queries = list(spec["queries"])
+        run.shared_queries = list(spec["shared_queries"])
+        run.classes_from = spec.get("classes_from")
+        run.values = {q: int(v) for q, v in spec["values"]}
+        run.mask_targets = {int(v): q for v, q in spec["mask_targets"]}
+        run.fields = L.output_fields(spec["label_field"], run.outputs, run.values)
+        run.dtype = L.mask_dtype(max(run.mask_targets))
+        run.overwrite, run.skip_existing = bool(spec["overwrite"]), bool(spec["skip_existing"])
+        run.skip_failures = bool(spec["skip_failures"])
+        run.batch_size = int(spec["batch_size"])
+        run.num_workers = int(spec["num_workers"])
+        run.prefetch_ahead = int(spec["prefetch_ahead"])
+        run.output_dir = Path(spec["output_dir"]) if spec.get("output_dir") else None
+
+        ids = list(ids)
+        found = dict(zip(*dataset.select(ids).values(["id", "filepath"]), strict=True))
+        run.ids = [sid for sid in ids if sid in found]
+        run.skipped = len(ids) - len(run.ids)
+        run.per_sample = None
+        no_queries: list[str] = []
+        if run.queries_from:
+            own = sample_queries(dataset.select(run.ids), run.queries_from)
+            run.per_sample = {
+                sid: [q for q in clean_queries([*names, *run.shared_queries]) if q in run.values]
+                for sid, names in own.items()
+            }
+            no_queries = [sid for sid in run.ids if not run.per_sample.get(sid)]
+            run.ids = [sid for sid in run.ids if run.per_sample.get(sid)]
+            run.skipped += len(no_queries)
+        run.paths = [found[sid] for sid in run.ids]
+        run.car = get_car(run.config) if load_model else None
+        run.summary = RunSummary(
+            run.fields.label_field,
+            run.fields.all(),
+            dict(sorted(run.mask_targets.items())),
+            skipped=run.skipped,
+            run_key=run_key_for(run.fields.label_field),
+            output_dir=str(run.output_dir) if run.output_dir else None,
+            no_queries=no_queries,
+        )
+        return run
+
+    def spec(self) -> dict[str, Any]:
+        """Everything the shards of a sharded run must agree on, JSON- and BSON-safe (queries
+        may hold dots, so mappings keyed by them are stored as pairs)."""
+        return dict(
+            label_field=self.fields.label_field,
+            outputs=list(self.outputs),
+            config=self.config.to_dict(),
+            instances=self.instances,
+            queries=list(self.queries),
+            shared_queries=list(self.shared_queries),
+            queries_from=self.queries_from,
+            classes_from=self.classes_from,
+            values=[[q, int(v)] for q, v in self.values.items()],
+            mask_targets=[[int(v), q] for v, q in self.mask_targets.items()],
+            output_dir=str(self.output_dir) if self.output_dir else None,
+            overwrite=self.overwrite,
+            skip_existing=self.skip_existing,
+            skip_failures=self.skip_failures,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            prefetch_ahead=self.prefetch_ahead,
+        )
 
     def _record(self) -> dict[str, Any]:
         """What the run record keeps: fields, queries and their source, settings, config."""
@@ -364,8 +470,11 @@ class SegmentationRun:
         if errors and (any(errors.values()) or self.dataset.has_field(self.fields.error)):
             self.dataset.set_values(self.fields.error, errors, key_field="id")
 
-    def _prepare_dataset(self) -> None:
-        """Declare the output fields (a batch may hold only None) and record mask targets."""
+    def _prepare_dataset(self, declare_error: bool = False) -> None:
+        """Declare the output fields (a batch may hold only None) and record mask targets.
+
+        ``declare_error`` also declares the error field when failures are skipped (a sharded
+        run: its shards must not add a field to the schema, as two could race)."""
         ds = self.dataset
         f = self.fields
         types = {
@@ -376,6 +485,8 @@ class SegmentationRun:
         for name, cls in types.items():
             if name and not ds.has_field(name):
                 ds.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=cls)
+        if declare_error and self.skip_failures and not ds.has_field(f.error):
+            ds.add_sample_field(f.error, fo.StringField)
         if self.fields.segmentation:
             ds.mask_targets = {**ds.mask_targets, self.fields.segmentation: self.mask_targets}
         if self.fields.detections:
@@ -403,6 +514,28 @@ class _Batch:
         out = self.labels, self.errors
         self.labels, self.errors = {f: {} for f in self.fields}, {}
         return out
+
+
+def config_from_dict(data: Mapping[str, Any]) -> CaRConfig:
+    """The CaRConfig that :meth:`CaRConfig.to_dict` wrote (lists back to tuples).
+
+    The bundled miniature CLIP is named by its folder inside the installed package, which
+    differs between machines: a path to it that does not exist here is mapped to this
+    install's copy (a sharded run planned on one machine runs on others)."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    for role in ("proposal", "classifier"):
+        name = f"{role}_model"
+        path = fields.get(name)
+        if isinstance(path, str) and _is_bundled_elsewhere(path, role):
+            from cliprnn.assets import mini_model_paths
+
+            fields[name] = str(mini_model_paths()[role == "classifier"])
+    return CaRConfig().replace(**fields)
+
+
+def _is_bundled_elsewhere(path: str, role: str) -> bool:
+    p = Path(path)
+    return p.is_absolute() and p.parts[-3:] == ("assets", "mini_clip", role) and not p.exists()
 
 
 def _load(item: tuple[str, str]) -> Any:

@@ -1,4 +1,10 @@
-"""A database lock per (dataset, field), so two runs never write the same field at once."""
+"""A database lock per (dataset, field), so two runs never write the same field at once.
+
+A plain run holds a :class:`FieldLock` while its process writes. A sharded run holds a *run
+lock* instead: the same document, naming the run, taken when the run is planned and released
+when its last shard completes (or the run is cancelled). The run's own shards write under it
+from any process or machine; any other run on the field is refused with a message naming it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import datetime as dt
 import os
 import socket
 import uuid
+from typing import Any
 
 import pymongo.errors
 from fiftyone.core.odm.database import get_db_conn
@@ -13,6 +20,9 @@ from fiftyone.core.odm.database import get_db_conn
 from cliprnn.errors import CaRError
 
 _COLLECTION = "cliprnn_field_locks"
+#: The plans of sharded runs (cliprnn.fiftyone.runs keeps them); a run lock whose run is no
+#: longer active there (completed, cancelled, or never saved) is abandoned.
+RUNS_COLLECTION = "cliprnn_runs"
 #: A lock whose holder has not refreshed it for this long is considered abandoned.
 STALE_AFTER = dt.timedelta(minutes=15)
 
@@ -35,18 +45,54 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class FieldLock:
-    """Held while a run writes ``field`` of ``dataset``; use as a context manager."""
+def lock_key(dataset_id: str, field: str) -> str:
+    """The lock document id of ``field`` of the dataset ``dataset_id``."""
+    return f"{dataset_id}/{field}"
 
-    def __init__(self, dataset_id: str, dataset_name: str, field: str) -> None:
-        self.key = f"{dataset_id}/{field}"
+
+def _holder_text(held: dict[str, Any], field: str, dataset_name: str) -> str:
+    if held.get("run"):
+        return (
+            f"field '{field}' of dataset '{dataset_name}' belongs to the sharded run "
+            f"'{held['run']}' ({held.get('shards', '?')} jobs, planned on {held.get('host')} "
+            f"at {held.get('started')} UTC), which has unfinished jobs; wait for it to finish, "
+            f"resume it with resume_run('{field}') if a worker died, cancel it with "
+            f"cancel_run('{field}'), or choose another label_field"
+        )
+    return (
+        f"field '{field}' of dataset '{dataset_name}' is being written by another "
+        f"run (pid {held.get('pid')} on {held.get('host')}, started {held.get('started')} "
+        "UTC); wait for it to finish or choose another label_field"
+    )
+
+
+class FieldLock:
+    """Held while a run writes ``field`` of ``dataset``; use as a context manager.
+
+    With ``run`` (a sharded run's id) it is a run lock: it outlives the planning process (the
+    shards may wait in the queue for hours), is released with :func:`release_run_lock` when
+    the run completes or is cancelled, and is taken over only once its run is no longer
+    active.
+    """
+
+    def __init__(
+        self,
+        dataset_id: str,
+        dataset_name: str,
+        field: str,
+        run: str | None = None,
+        shards: int = 0,
+    ) -> None:
+        self.key = lock_key(dataset_id, field)
         self.dataset_name = dataset_name
         self.field = field
+        self.run = run
+        self.shards = shards
         self.token = uuid.uuid4().hex
         self._coll = get_db_conn()[_COLLECTION]
 
     def _doc(self) -> dict:
-        return dict(
+        doc = dict(
             _id=self.key,
             token=self.token,
             pid=os.getpid(),
@@ -54,8 +100,14 @@ class FieldLock:
             started=_now(),
             heartbeat=_now(),
         )
+        if self.run:
+            doc.update(run=self.run, shards=self.shards)
+        return doc
 
     def _abandoned(self, doc: dict) -> bool:
+        if doc.get("run"):  # held from planning to the last shard, across processes
+            runs = get_db_conn()[RUNS_COLLECTION]
+            return runs.find_one({"_id": doc["run"], "state": "active"}) is None
         if doc.get("host") == socket.gethostname() and not _pid_alive(int(doc.get("pid", -1))):
             return True
         return _now() - doc.get("heartbeat", _now()) > STALE_AFTER
@@ -77,11 +129,7 @@ class FieldLock:
             held = self._coll.find_one({"_id": self.key})
         if held is None:  # released in between
             return self.acquire()
-        raise FieldLockedError(
-            f"field '{self.field}' of dataset '{self.dataset_name}' is being written by another "
-            f"run (pid {held.get('pid')} on {held.get('host')}, started {held.get('started')} "
-            "UTC); wait for it to finish or choose another label_field"
-        )
+        raise FieldLockedError(_holder_text(held, self.field, self.dataset_name))
 
     def refresh(self) -> None:
         """Mark the lock as still in use (call once per batch)."""
@@ -98,3 +146,31 @@ class FieldLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def lock_holder(dataset_id: str, field: str) -> dict[str, Any] | None:
+    """The lock document of ``field`` (None when nobody holds it)."""
+    return get_db_conn()[_COLLECTION].find_one({"_id": lock_key(dataset_id, field)})
+
+
+def check_run_lock(dataset_id: str, dataset_name: str, field: str, run: str) -> None:
+    """Raise FieldLockedError unless the run lock of ``field`` belongs to ``run`` (a shard
+    checks this before it writes, and refreshes the lock's heartbeat)."""
+    coll = get_db_conn()[_COLLECTION]
+    key = lock_key(dataset_id, field)
+    held = coll.find_one_and_update({"_id": key, "run": run}, {"$set": {"heartbeat": _now()}})
+    if held is not None:
+        return
+    other = coll.find_one({"_id": key})
+    if other is None:
+        raise FieldLockedError(
+            f"the sharded run '{run}' no longer holds field '{field}' of dataset "
+            f"'{dataset_name}' (it was completed or cancelled); this job writes nothing"
+        )
+    raise FieldLockedError(_holder_text(other, field, dataset_name))
+
+
+def release_run_lock(dataset_id: str, field: str, run: str) -> bool:
+    """Release the run lock of ``field`` if ``run`` holds it; True when it did."""
+    res = get_db_conn()[_COLLECTION].delete_one({"_id": lock_key(dataset_id, field), "run": run})
+    return res.deleted_count == 1

@@ -1,0 +1,156 @@
+"""Operators of sharded runs: ``segment_shard`` (one job of a sharded ``segment`` run, queued
+by it, unlisted) and ``resume_run`` (re-queue the unfinished jobs of a run, or cancel it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from .common import choices_view, cliprnn_missing, fail, refresh_app
+
+ACTIONS = {
+    "resume": "Resume: re-queue the jobs whose worker died or whose operation failed",
+    "cancel": "Cancel: stop the run and free the field (written labels stay)",
+}
+
+
+class SegmentShard(foo.Operator):
+    """One job of a sharded segment run; queued by ``segment``, run by a delegated worker."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="segment_shard",
+            label="Segment with text: one job of a sharded run",
+            unlisted=True,
+            allow_immediate_execution=False,
+            allow_delegated_execution=True,
+            rerunnable=False,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        missing = cliprnn_missing()
+        if missing:
+            # A worker without the library: the operation fails with this message, and
+            # nothing is written.
+            fail(inputs, "missing", missing)
+        inputs.str("run_id", required=True)
+        inputs.int("shard", required=True, min=0)
+        return types.Property(inputs)
+
+    def execute(self, ctx):
+        from cliprnn.fiftyone.shards import run_shard
+
+        op_id = ctx.request_params.get("run_doc")
+
+        job = int(ctx.params["shard"]) + 1
+
+        def progress(p) -> None:
+            ctx.set_progress(progress=p.fraction, label=f"Job {job}: {p.label}")
+
+        return run_shard(
+            ctx.dataset,
+            ctx.params["run_id"],
+            int(ctx.params["shard"]),
+            op_id=str(op_id) if op_id else None,
+            progress=progress,
+        )
+
+
+class ResumeRun(foo.Operator):
+    """Resume (or cancel) a sharded segment run of a field."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="resume_run",
+            label="Resume a sharded segment run",
+            description="Re-queue the jobs of a sharded run whose worker died or failed",
+            dynamic=True,
+            icon="restart_alt",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        view = types.View(label="Resume a sharded segment run")
+        missing = cliprnn_missing()
+        if missing:
+            fail(inputs, "missing", missing)
+            return types.Property(inputs, view=view)
+        from cliprnn.fiftyone.runs import sharded_fields
+        from cliprnn.fiftyone.shards import run_status
+
+        fields = sharded_fields(str(ctx.dataset._doc.id))
+        if not fields:
+            fail(inputs, "no_runs", "This dataset has no unfinished sharded run.")
+            return types.Property(inputs, view=view)
+        inputs.enum(
+            "label_field",
+            fields,
+            default=fields[0],
+            required=True,
+            label="Field",
+            view=choices_view(types.DropdownView, fields),
+        )
+        inputs.enum(
+            "action",
+            list(ACTIONS),
+            default="resume",
+            label="Action",
+            view=choices_view(types.RadioGroup, ACTIONS, ACTIONS),
+        )
+        status = run_status(ctx.dataset, ctx.params.get("label_field") or fields[0])
+        if status:
+            inputs.view("status", types.Notice(label=status_text(status)))
+        return types.Property(inputs, view=view)
+
+    def execute(self, ctx):
+        from cliprnn.fiftyone.shards import cancel_run, resume_run
+
+        field = ctx.params["label_field"]
+        if ctx.params.get("action") == "cancel":
+            out = cancel_run(ctx.dataset, field)
+        else:
+            out = resume_run(ctx.dataset, field, delegation_target=ctx.delegation_target)
+        ctx.ops.notify(out["message"], variant="success")
+        refresh_app(ctx)  # builds (and so triggers) the reload messages
+        return out
+
+    def __call__(self, sample_collection: Any, label_field: str, cancel: bool = False) -> Any:
+        """Resume the sharded run of ``label_field`` (or ``cancel=True``: cancel it).
+
+        Re-queues exactly the unfinished jobs whose worker died or whose operation failed;
+        each starts after the samples it already wrote. Returns what it did.
+
+        Example usage::
+
+            resume = foo.get_operator("@cliprnn/clip-as-rnn/resume_run")
+            resume(dataset, "car")
+        """
+        from fiftyone.operators.executor import ExecutionResult
+
+        from .common import execute_from_sdk
+
+        params = dict(label_field=label_field, action="cancel" if cancel else "resume")
+        result = execute_from_sdk(
+            self, sample_collection, params, delegate=False, delegation_target=None
+        )
+        # a notebook gets the asyncio.Task to await, as from any operator
+        return result.result if isinstance(result, ExecutionResult) else result
+
+
+def status_text(status: dict[str, Any]) -> str:
+    """One line per job of a run status (cliprnn.fiftyone.shards.run_status)."""
+    lines = [
+        f"Run {status['run_id']} ({status['state']}): {status['written']}/{status['samples']} "
+        "samples written"
+    ]
+    for s in status["shards"]:
+        note = f" ({s['note']})" if s.get("note") else ""
+        lines.append(
+            f"job {s['index'] + 1}: {s['state']}{note}, {s['written']}/{s['samples']} written"
+        )
+    return "\n".join(lines)
