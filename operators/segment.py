@@ -151,7 +151,7 @@ class Segment(foo.Operator):
             yield ctx.ops.notify(message, variant="error")
             raise
         s = run.summary
-        yield from refresh_app(ctx, s.fields)
+        yield from refresh_app(ctx, run.fields.shown())
         message = _summary_message(run)
         if shards > 1:
             message += f" as one job: 'Split into {shards} jobs' applies to scheduled runs"

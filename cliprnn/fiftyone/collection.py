@@ -215,6 +215,7 @@ class SegmentationRun:
         wanted = {
             self.fields.segmentation: fo.Segmentation,
             self.fields.detections: fo.Detections,
+            self.fields.scores: fo.Classifications,
             **{f: fo.Heatmap for f in self.fields.heatmaps.values()},
         }
         for name, cls in wanted.items():
@@ -377,6 +378,7 @@ class SegmentationRun:
                 detections=f.detections,
                 heatmaps=dict(f.heatmaps),
                 error=f.error,
+                scores=f.scores,
             ),
             queries=list(self.queries),
             classes_from=self.classes_from,
@@ -452,6 +454,7 @@ class SegmentationRun:
             )
         if f.detections:
             labels[f.detections][sid] = L.detections_label(result, self.values, self.instances)
+        labels[f.scores][sid] = L.scores_label(result)
         if f.heatmaps:
             maps = L.heatmap_arrays(result)
             for q, name in f.heatmaps.items():
@@ -480,6 +483,7 @@ class SegmentationRun:
         types = {
             f.segmentation: fo.Segmentation,
             f.detections: fo.Detections,
+            f.scores: fo.Classifications,
             **{name: fo.Heatmap for name in f.heatmaps.values()},
         }
         for name, cls in types.items():

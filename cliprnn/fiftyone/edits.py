@@ -156,16 +156,12 @@ def _edited_segmentation(
 ) -> fo.Segmentation:
     attrs: dict[str, Any] = {}
     if old is not None:
-        attrs = {k: old[k] for k in ("queries", "scores", "dropped", "steps") if old.has_field(k)}
+        attrs = {k: old[k] for k in ("steps",) if old.has_field(k)}
     attrs["kept"] = [n for n in values if n in present]
     attrs["edited"] = True
     if old is not None and old.mask_path:
         return fo.Segmentation(mask_path=write_png_atomic(mask, old.mask_path), **attrs)
     return fo.Segmentation(mask=mask, **attrs)
-
-
-def _attr(label: fo.Label, name: str) -> list:
-    return list(label[name] or []) if label.has_field(name) else []
 
 
 def rebuild_instances(
@@ -190,11 +186,15 @@ def rebuild_instances(
     else:
         ds.add_sample_field(det_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     targets = {int(k): v for k, v in ds.mask_targets.get(label_field, {}).items()}
-    view = sample_collection.exists(label_field).select_fields([label_field, det_field])
+    scores_field = L.output_fields(label_field, ["segmentation"], {}).scores
+    has_scores = ds.has_field(scores_field)
+    fields = [label_field, det_field] + ([scores_field] if has_scores else [])
+    view = sample_collection.exists(label_field).select_fields(fields)
     count = 0
     for sample in view.iter_samples(autosave=True, batch_size=BATCH_SIZE, progress=progress):
         seg = sample[label_field]
-        scores = dict(zip(_attr(seg, "queries"), _attr(seg, "scores"), strict=False))
+        listed = sample[scores_field] if has_scores else None
+        scores = {c.label: c.confidence for c in (listed.classifications if listed else [])}
         sample[det_field] = instances_from_mask(seg.get_mask(), targets, scores, instances)
         count += 1
     make_editable(ds, det_field, list(targets.values()))
@@ -280,7 +280,11 @@ def edit_mask_classes(
         table[old] = new
     det_field = f"{label_field}_det"
     has_det = ds._is_label_field(det_field, fo.Detections) if ds.has_field(det_field) else False
-    fields = [label_field] + ([det_field] if has_det else [])
+    scores_field = L.output_fields(label_field, ["segmentation"], {}).scores
+    has_scores = ds.has_field(scores_field)
+    fields = [label_field] + [
+        f for f, has in ((det_field, has_det), (scores_field, has_scores)) if has
+    ]
     view = ds.exists(label_field).select_fields(fields)
     for sample in view.iter_samples(autosave=True, batch_size=BATCH_SIZE, progress=progress):
         seg = sample[label_field]
@@ -289,20 +293,13 @@ def edit_mask_classes(
             write_png_atomic(mask, seg.mask_path)
         else:
             seg.mask = mask
-        for key in ("kept", "dropped"):
-            if seg.has_field(key) and isinstance(seg[key], list):
-                seg[key] = _rename_list(seg[key], mapping)
-        if seg.has_field("queries") and isinstance(seg["queries"], list):
-            # renamed in place, so each still lines up with its score; deleted ones stay
-            seg["queries"] = [mapping.get(q) or q for q in seg["queries"]]
+        if seg.has_field("kept") and isinstance(seg["kept"], list):
+            seg["kept"] = _rename_list(seg["kept"], mapping)
         if has_det and sample[det_field] is not None:
-            dets = []
-            for det in sample[det_field].detections:
-                new = mapping.get(det.label, det.label)
-                if new is not None:
-                    det.label = new
-                    dets.append(det)
-            sample[det_field].detections = dets
+            sample[det_field].detections = _relabel(sample[det_field].detections, mapping)
+        if has_scores and sample[scores_field] is not None:  # what was queried: deleted stay
+            listed = sample[scores_field]
+            listed.classifications = _relabel(listed.classifications, mapping, keep_deleted=True)
     ds.mask_targets = {**ds.mask_targets, label_field: dict(sorted(new_targets.items()))}
     if has_det and det_field in ds.classes:
         ds.classes = {**ds.classes, det_field: list(dict.fromkeys(new_targets.values()))}
@@ -312,6 +309,19 @@ def edit_mask_classes(
         set_schema_classes(ds, det_field, [*new_targets.values(), *old_choices])
     match_colors(ds, new_targets, label_field, det_field if has_det else None)
     return new_targets
+
+
+def _relabel(labels: list, mapping: Mapping[str, str | None], keep_deleted: bool = False) -> list:
+    """``labels`` with their ``label`` renamed by ``mapping``; deleted ones dropped unless
+    ``keep_deleted``."""
+    out = []
+    for label in labels:
+        new = mapping.get(label.label, label.label)
+        if new is not None:
+            label.label = new
+        if new is not None or keep_deleted:
+            out.append(label)
+    return out
 
 
 def _rename_list(names: list[str], mapping: Mapping[str, str | None]) -> list[str]:

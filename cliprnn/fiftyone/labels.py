@@ -51,6 +51,7 @@ class OutputFields:
     detections: str | None
     heatmaps: dict[str, str]  # query -> field
     error: str
+    scores: str  # every query's score on each sample (Classifications)
 
     @property
     def primary(self) -> str:
@@ -59,6 +60,10 @@ class OutputFields:
 
     def all(self) -> list[str]:
         """Every label field (not the error field)."""
+        return [*self.shown(), self.scores]
+
+    def shown(self) -> list[str]:
+        """The fields the App shows when a run ends (the masks, not the score lists)."""
         names = [self.segmentation, self.detections, *self.heatmaps.values()]
         return [n for n in names if n]
 
@@ -67,7 +72,8 @@ def output_fields(
     label_field: str, outputs: Sequence[str], values: Mapping[str, int]
 ) -> OutputFields:
     """Field names: ``label_field`` for the semantic mask (or the first output asked for),
-    ``<label_field>_det`` for instance masks, ``<label_field>_heat_<query>`` per heatmap."""
+    ``<label_field>_det`` for instance masks, ``<label_field>_heat_<query>`` per heatmap,
+    ``<label_field>_scores`` for the queries' scores."""
     from cliprnn.errors import ConfigError
 
     check_field_name(label_field)
@@ -87,7 +93,9 @@ def output_fields(
                 name = f"{name}_{value}"
             used.add(name)
             heat[query] = name
-    return OutputFields(label_field, seg, det, heat, f"{label_field}_error")
+    return OutputFields(
+        label_field, seg, det, heat, f"{label_field}_error", f"{label_field}_scores"
+    )
 
 
 def value_lut(result: CaRResult, values: Mapping[str, int]) -> np.ndarray:
@@ -104,13 +112,20 @@ def semantic_mask(result: CaRResult, values: Mapping[str, int], dtype: type) -> 
 
 
 def run_attributes(result: CaRResult) -> dict:
-    """What each label records about the recurrence: queries, scores, kept, dropped, steps."""
-    return dict(
-        queries=list(result.queries),
-        scores=[round(float(s), 6) for s in result.scores],
-        kept=list(result.kept),
-        dropped=list(result.dropped),
-        steps=int(result.steps),
+    """What a mask label records about the recurrence: the kept queries and the step count
+    (short, as the App's tooltip lists every attribute; the scores go to :func:`scores_label`)."""
+    return dict(kept=list(result.kept), steps=int(result.steps))
+
+
+def scores_label(result: CaRResult) -> fo.Classifications:
+    """Every query's final score on one sample, one ``Classification`` each (``confidence`` =
+    the score, ``kept`` = whether the recurrence kept it), in query order."""
+    kept = set(result.kept)
+    return fo.Classifications(
+        classifications=[
+            fo.Classification(label=q, confidence=round(float(s), 6), kept=q in kept)
+            for q, s in zip(result.queries, result.scores, strict=True)
+        ]
     )
 
 

@@ -45,8 +45,11 @@ def labelled(make_dataset):
     """Two samples with a semantic field 'car' and its instances 'car_det' (schema active)."""
     ds = make_dataset(2)
     for i, sample in enumerate(ds):
-        sample["car"] = fo.Segmentation(mask=_label_map(i), queries=["cat", "dog", "sky", "cow"],
-                                        scores=[0.9, 0.8, 0.7, 0.0])  # fmt: skip
+        sample["car"] = fo.Segmentation(mask=_label_map(i))
+        sample["car_scores"] = fo.Classifications(
+            classifications=[fo.Classification(label=n, confidence=c)
+                             for n, c in (("cat", 0.9), ("dog", 0.8), ("sky", 0.7), ("cow", 0.0))]
+        )  # fmt: skip
         sample.save()
     ds.mask_targets = {"car": dict(TARGETS)}
     ds.save()
@@ -194,7 +197,9 @@ def test_class_edits_carry_over_to_the_instances_and_their_schema(labelled) -> N
     edit_mask_classes(labelled, "car", rename={"dog": "puppy"})
     for sample in labelled:
         assert {d.label for d in sample["car_det"].detections} == {"cat", "puppy", "sky"}
-        assert sample["car"].queries == ["cat", "puppy", "sky", "cow"]
+        assert [c.label for c in sample["car_scores"].classifications] == [
+            "cat", "puppy", "sky", "cow"
+        ]  # fmt: skip
     classes = labelled.label_schemas["car_det"]["classes"]
     assert "puppy" in classes and "dog" not in classes
     # a stale 'dog' written back later is refused, not added as a second class
@@ -290,7 +295,7 @@ def test_each_sample_is_queried_for_its_own_labels(tagged, tiny_config, field) -
         direct = car.segment(sample.filepath, queries)
         lut = np.array([0] + [{n: v for v, n in targets.items()}[q] for q in queries])
         np.testing.assert_array_equal(sample["own"].mask, lut[direct.label_map])
-        assert sample["own"].queries == queries
+        assert [c.label for c in sample["own_scores"].classifications] == queries
     assert run_info(tagged, "own")["queries_from"] == field
 
 
@@ -298,7 +303,9 @@ def test_per_sample_queries_plus_free_text_share_one_set_of_values(tagged, tiny_
     segment_collection(tagged, ["sky"], queries_from="lab_multi", config=tiny_config,
                        progress=False, label_field="mix")  # fmt: skip
     assert tagged.mask_targets["mix"] == {1: "blue square", 2: "red circle", 3: "sky"}
-    queried = {s.id: s["mix"].queries for s in tagged.exists("mix")}
+    queried = {
+        s.id: [c.label for c in s["mix_scores"].classifications] for s in tagged.exists("mix")
+    }
     assert sorted(map(tuple, queried.values())) == [
         ("blue square", "red circle", "sky"),
         ("sky",),

@@ -46,8 +46,12 @@ def test_segment_collection_writes_uint8_masks_and_targets(make_dataset, tiny_co
         assert seg.mask.dtype == np.uint8 and seg.mask.shape == (h, w)
         direct = car.segment(sample.filepath, QUERIES)
         np.testing.assert_array_equal(seg.mask, direct.label_map)  # values 1..3 in query order
-        assert seg.queries == QUERIES and seg.kept == direct.kept and seg.steps == direct.steps
-        assert seg.scores == pytest.approx(direct.scores.tolist(), abs=1e-6)
+        assert seg.kept == direct.kept and seg.steps == direct.steps
+        assert not seg.has_field("queries") and not seg.has_field("scores")  # short tooltips
+        listed = sample["car_scores"].classifications
+        assert [c.label for c in listed] == QUERIES
+        assert [c.confidence for c in listed] == pytest.approx(direct.scores.tolist(), abs=1e-6)
+        assert [c.kept for c in listed] == [q in direct.kept for q in QUERIES]
     info = run_info(ds, "car")
     assert info["method"] == "cliprnn.segment" and info["queries"] == QUERIES
     assert info["config"]["proposal_model"] == tiny_config.proposal_model
@@ -77,9 +81,10 @@ def test_detections_heatmaps_and_output_dir(make_dataset, tiny_config, tmp_path)
         seg = sample["car"]
         assert seg.mask is None and seg.mask_path == str(out / "car" / "masks" / f"{sample.id}.png")
         mask = seg.get_mask()
+        scores = {c.label: c.confidence for c in sample["car_scores"].classifications}
         for det in sample["car_det"].detections:
             assert det.label in seg.kept
-            assert det.confidence == pytest.approx(seg.scores[QUERIES.index(det.label)])
+            assert det.confidence == pytest.approx(scores[det.label])
         assert {d.label for d in sample["car_det"].detections} == {
             QUERIES[v - 1] for v in np.unique(mask) if v
         }

@@ -144,6 +144,7 @@ def test_output_field_names() -> None:
         "car", ["segmentation", "detections", "heatmaps"], {"Red car": 1, "red-car": 2, "": 3}
     )
     assert (f.segmentation, f.detections, f.error) == ("car", "car_det", "car_error")
+    assert f.scores == "car_scores" and f.scores in f.all() and f.scores not in f.shown()
     assert f.heatmaps == {
         "Red car": "car_heat_red_car",
         "red-car": "car_heat_red_car_2",
@@ -165,8 +166,10 @@ def test_semantic_mask_uses_stored_values() -> None:
     assert mask[0, 0] == 4 and mask[0, 3] == 0 and mask[3, 5] == 1
     assert np.count_nonzero(mask == 4) == 12 and np.count_nonzero(mask == 1) == 2
     seg = L.segmentation_label(res, {"cat": 4, "dog": 9, "sky": 1}, np.uint8)
-    assert seg.kept == ["cat", "sky"] and seg.dropped == ["dog"] and seg.steps == 2
-    assert seg.scores == pytest.approx([0.9, 0.0, 0.7])
+    assert seg.kept == ["cat", "sky"] and seg.steps == 2 and not seg.has_field("scores")
+    listed = L.scores_label(res).classifications
+    assert [(c.label, c.kept) for c in listed] == [("cat", True), ("dog", False), ("sky", True)]
+    assert [c.confidence for c in listed] == pytest.approx([0.9, 0.0, 0.7])
 
 
 def test_detections_fold_back_into_the_same_mask() -> None:
