@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+import annotate_driver as ad
 import fiftyone as fo
 import numpy as np
 import pytest
@@ -24,14 +22,7 @@ URI = "@cliprnn/clip-as-rnn"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Set CLIPRNN_SCREENSHOTS=docs/images to retake the README screenshots (else a temp folder).
 SHOTS_ENV = "CLIPRNN_SCREENSHOTS"
-CHROMIUM = "/usr/bin/chromium"
 QUERIES = ["red circle", "blue square"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(base: str, path: str, body: dict, timeout: float = 120) -> bytes:
@@ -71,50 +62,10 @@ def app_dataset(tmp_root: Path):
 def app_server(app_dataset, plugins_dir: Path, tmp_root: Path):
     """A FiftyOne App server on a free port, started (and stopped) by this test process."""
     app_dataset.count()  # the database is up before the server's first request
-    port = _free_port()
-    env = {
-        **os.environ,
-        "FIFTYONE_PLUGINS_DIR": str(plugins_dir),
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
-        ),
-        "FIFTYONE_EXECUTION_STORE_NOTIFICATION_SERVICE_DISABLED": "true",
-    }
-    log = open(tmp_root / f"app-server-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fiftyone.server.main",
-            "--address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(base + "/", timeout=5).read()
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"App server did not start; see {log.name}") from None
-                time.sleep(0.5)
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {"FIFTYONE_PLUGINS_DIR": str(plugins_dir), "PYTHONPATH": path}
+    with ad.serve_app(tmp_root / "app-server.log", env=env) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _advanced(tiny_config) -> dict:
@@ -286,22 +237,11 @@ def test_edit_operators_reload_the_open_sample(app_server, app_dataset) -> None:
 # ------------------------------------------------------------------------- browser (e2e)
 @pytest.fixture(scope="module")
 def browser_page(app_server):
-    if not Path(CHROMIUM).exists():
+    if not Path(ad.CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]  # fmt: skip
-    with sync_api.sync_playwright() as p:
-        p.selectors.set_test_id_attribute("data-cy")
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        context.add_init_script("window.IS_PLAYWRIGHT = true;")
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with ad.chromium_page() as (page, errors):
         yield page, sync_api.expect, errors
-        browser.close()
 
 
 def _mini_shipped() -> bool:
