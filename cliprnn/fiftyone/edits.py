@@ -114,7 +114,10 @@ def apply_mask_edits(
         raise ConfigError("the collection has no samples to apply edits to")
     existing = {int(k): v for k, v in ds.mask_targets.get(label_field, {}).items()}
     fields = [det_field, "metadata"] + ([label_field] if has_seg else [])
-    view = sample_collection.select_fields(fields)
+    present = F(det_field) != None  # noqa: E711 (a query expression)
+    if has_seg:
+        present = present | (F(label_field) != None)  # noqa: E711
+    view = sample_collection.match(present).select_fields(fields)
     names = [n for n in view.distinct(f"{det_field}.detections.label") if isinstance(n, str)]
     allowed = set(existing.values()) | set(schema_classes(ds, det_field))
     if not allow_new_classes:

@@ -217,6 +217,9 @@ def test_edit_operators_reload_the_open_sample(app_server, app_dataset) -> None:
     app_dataset.mask_targets = {**app_dataset.mask_targets, "car_fb": {1: "line"}}
     app_dataset.save()
     rebuild_instances(app_dataset.select(sid), "car_fb")
+    sample = app_dataset[sid]
+    sample["car_fb_det"].detections = []  # the user deleted the instance
+    sample.save()
     try:
         for operator, params in (
             ("apply_mask_edits", {"label_field": "car_fb", "detections_field": "car_fb_det"}),
@@ -224,10 +227,14 @@ def test_edit_operators_reload_the_open_sample(app_server, app_dataset) -> None:
                                    "classes": ["line"], "new_name": "stroke"}),
         ):  # fmt: skip
             body = dict(dataset_name=app_dataset.name, operator_uri=f"{URI}/{operator}",
-                        params=params)  # fmt: skip
+                        params=params, current_sample=sid)  # fmt: skip
             got = json.loads(_post(app_server, "/operators/execute", body))
             called = [r["operator_uri"] for r in got["executor"]["requests"]]
             assert "reload_samples" in called and "reload_dataset" in called, got
+            assert "close_sample" in called, got  # the stale open sample is closed
+            notes = [r["params"]["message"] for r in got["executor"]["requests"]
+                     if r["operator_uri"] == "notify"]  # fmt: skip
+            assert notes and "reload the page" in notes[-1], got
         app_dataset.reload()
         assert app_dataset.label_schemas["car_fb_det"]["classes"] == ["stroke"]
     finally:

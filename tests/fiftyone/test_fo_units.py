@@ -328,3 +328,12 @@ def test_apply_edits_form_pairs_the_instance_field_with_its_semantic_field() -> 
         assert "allow_new_classes" not in form({"direction": "to_detections"})
     finally:
         ds.delete()
+
+
+def test_text_queries_are_one_per_line_never_split_on_spaces() -> None:
+    from operators.segment import run_kwargs
+
+    kwargs = run_kwargs({"query_text": "red circle\n  blue square \n\n", "queries": ["sky"]})
+    assert kwargs["queries"][0] == "sky" and "red circle" in kwargs["queries"]
+    assert clean_queries(kwargs["queries"]) == ["sky", "red circle", "blue square"]
+    assert run_kwargs({"classes_from": "none", "queries_from": "none"})["classes_from"] is None
