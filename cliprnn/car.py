@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from cliprnn.config import CaRConfig
 from cliprnn.errors import ConfigError, QueryError
 from cliprnn.result import CaRResult, StepTrace
 from cliprnn.timing import timed
+
+if TYPE_CHECKING:
+    from cliprnn.postprocess import CrfFunction
 
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
 
@@ -29,6 +33,24 @@ class _PassOutput:
     scores: np.ndarray  # [len(live)] final classifier scores
     steps: int
     trace: list[StepTrace]
+
+
+@dataclass
+class PreparedImage:
+    """One image after every model pass, before the CRF (:meth:`CaR.prepare`).
+
+    Plain arrays and lists only; :meth:`CaR.finish` turns it into the :class:`CaRResult`.
+    """
+
+    image: np.ndarray  # uint8 [h, w, 3] at inference size (the CRF compares its colours)
+    full_hw: tuple[int, int]  # the input's size, that of the returned maps
+    queries: list[str]  # normalised queries
+    passes: list[tuple[list[int], _PassOutput, float]]  # (query indices, output, bg_factor)
+    stuff_first: bool  # a stuff pass ran: paint it first
+    steps: int
+    trace: list[StepTrace] | None
+    timings: dict[str, float]
+    warnings: list[str]
 
 
 class CaR:
@@ -59,6 +81,7 @@ class CaR:
         self._proposals = None
         self._classifier = None
         self._sam = None
+        self._sam_lock = threading.Lock()  # finish() may run on several threads
         #: Benchmarks only: keep the first ``forced_schedule[step]`` live queries at each step
         #: instead of thresholding (random weights make the real schedule arbitrary).
         self.forced_schedule: list[int] | None = None
@@ -146,6 +169,24 @@ class CaR:
         raises ImageError naming it. Images whose longer side exceeds ``config.max_image_side``
         (default 1024) are downscaled for inference; the label map and masks are returned at
         the input's full resolution.
+
+        The same as ``finish(prepare(image, queries, ...))``; ``cliprnn.pipeline.segment_stream``
+        runs the two halves of consecutive images side by side.
+        """
+        return self.finish(self.prepare(image, queries, stuff=stuff, trace=trace))
+
+    def prepare(
+        self,
+        image: ImageLike,
+        queries: Sequence[str],
+        *,
+        stuff: Sequence[str] | None = None,
+        trace: bool = False,
+    ) -> PreparedImage:
+        """The first half of :meth:`segment`: every model pass, up to (not including) the CRF.
+
+        Raises what ``segment`` raises. The returned object holds plain arrays only; hand it to
+        :meth:`finish` (from any thread) for the CRF, optional SAM refinement and the label map.
         """
         from cliprnn.imageio import inference_size, load_image, resize_image
 
@@ -166,9 +207,6 @@ class CaR:
         if hasattr(self.classifier, "reset_cache"):
             self.classifier.reset_cache()
 
-        masks = np.zeros((len(names), *work.shape[:2]), dtype=bool)
-        soft = np.zeros((len(names), *work.shape[:2]), dtype=np.float32)
-        scores = np.zeros(len(names), dtype=np.float32)
         traces: list[StepTrace] = []
         steps = 0
         state = None
@@ -185,8 +223,7 @@ class CaR:
             passes.append(
                 (stuff_idx, stuff_bg, self.config.stuff_visual_prompts, self.config.stuff_bg_factor)
             )
-        # Stuff first, things on top: paint order follows the pass order reversed.
-        pass_masks: list[tuple[list[int], np.ndarray, np.ndarray]] = []
+        outputs: list[tuple[list[int], _PassOutput, float]] = []
         for idx, background, prompts, bg_factor in passes:
             if state is None or not self.config.reuse_dense_pass:
                 with timed(timings, "dense"):
@@ -196,11 +233,41 @@ class CaR:
             )
             steps = max(steps, out.steps)
             traces.extend(out.trace)
+            outputs.append((idx, out, bg_factor))
+        return PreparedImage(
+            image=work,
+            full_hw=(int(height), int(width)),
+            queries=list(names),
+            passes=outputs,
+            stuff_first=bool(stuff_idx),
+            steps=steps,
+            trace=traces if trace else None,
+            timings=timings,
+            warnings=list(normalized.warnings),
+        )
+
+    def finish(self, prepared: PreparedImage, *, crf_fn: CrfFunction | None = None) -> CaRResult:
+        """The second half of :meth:`segment`: CRF, SAM refinement, label map, full-size outputs.
+
+        Touches no CLIP model, so it may run on another thread while the next image is prepared
+        (SAM, when configured, is serialised by a lock). ``crf_fn`` stands in for
+        ``cliprnn.postprocess.dense_crf`` (``segment_stream`` runs it in a worker process).
+        """
+        work = prepared.image
+        names = prepared.queries
+        timings = prepared.timings
+        height, width = prepared.full_hw
+        masks = np.zeros((len(names), *work.shape[:2]), dtype=bool)
+        soft = np.zeros((len(names), *work.shape[:2]), dtype=np.float32)
+        scores = np.zeros(len(names), dtype=np.float32)
+        # Stuff first, things on top: paint order follows the pass order reversed.
+        pass_masks: list[tuple[list[int], np.ndarray, np.ndarray]] = []
+        for idx, out, bg_factor in prepared.passes:
             with timed(timings, "crf"):
-                final_masks, lost = self._postprocess(work, out.proposals, bg_factor)
+                final_masks, lost = self._postprocess(work, out.proposals, bg_factor, crf_fn)
             pass_scores = np.where(lost, 0.0, out.scores).astype(np.float32)
             if self.sam is not None:
-                with timed(timings, "sam"):
+                with timed(timings, "sam"), self._sam_lock:
                     final_masks = self.sam.refine(work, final_masks)
             global_idx = [idx[j] for j in out.live]
             masks[global_idx] = final_masks
@@ -209,8 +276,10 @@ class CaR:
             pass_masks.append((global_idx, final_masks, pass_scores))
 
         with timed(timings, "labels"):
-            label_map = self._label_map(pass_masks, work.shape[:2], stuff_first=bool(stuff_idx))
-            if small_hw != (height, width):
+            label_map = self._label_map(
+                pass_masks, work.shape[:2], stuff_first=prepared.stuff_first
+            )
+            if work.shape[:2] != (height, width):
                 from cliprnn.imageio import resize_masks_nearest, resize_soft
 
                 label_map = _resize_labels(label_map, (height, width))
@@ -225,11 +294,11 @@ class CaR:
             kept=kept,
             scores=scores,
             masks=masks,
-            steps=steps,
+            steps=prepared.steps,
             soft_masks=soft,
-            trace=traces if trace else None,
+            trace=prepared.trace,
             timings=timings,
-            warnings=list(normalized.warnings),
+            warnings=list(prepared.warnings),
         )
 
     # ------------------------------------------------------------------ stages
@@ -353,7 +422,11 @@ class CaR:
         return proposals, extras
 
     def _postprocess(
-        self, image: np.ndarray, proposals: np.ndarray, bg_factor: float
+        self,
+        image: np.ndarray,
+        proposals: np.ndarray,
+        bg_factor: float,
+        crf_fn: CrfFunction | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Final binary masks for the survivors and which ones lost every pixel to the CRF."""
         from cliprnn.postprocess import crf_masks, crf_masks_separate
@@ -361,9 +434,13 @@ class CaR:
         if len(proposals) == 0:
             return np.zeros_like(proposals, dtype=bool), np.zeros(0, dtype=bool)
         if self.config.mode == "referring":
-            masks, extras = crf_masks_separate(image, proposals, self.config, bg_factor=bg_factor)
+            masks, extras = crf_masks_separate(
+                image, proposals, self.config, bg_factor=bg_factor, crf_fn=crf_fn
+            )
         else:
-            masks, extras = crf_masks(image, proposals, self.config, bg_factor=bg_factor)
+            masks, extras = crf_masks(
+                image, proposals, self.config, bg_factor=bg_factor, crf_fn=crf_fn
+            )
         lost = np.asarray(extras.get("lost", np.zeros(len(proposals), bool)), dtype=bool)
         return masks.astype(bool), lost
 

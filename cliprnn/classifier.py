@@ -64,15 +64,16 @@ def image_key(image: np.ndarray) -> str:
 class MaskClassifier:
     """Scores prompted images against live queries with the classifier CLIP.
 
-    Faithful mode reproduces the reference: truncated image tower, each template encoded on
-    its own, and the double softmax. Clean mode uses the full tower and one softmax over
-    template-averaged (and synonym-averaged) text embeddings.
+    Faithful mode reproduces the reference: truncated image tower, per-template probabilities
+    and the double softmax. Clean mode uses the full tower and one softmax over
+    template-averaged (and synonym-averaged) text embeddings. Either way each query's templates
+    are embedded as one fixed group with ``group_templates``, each string on its own without.
     """
 
     def __init__(self, backend: ClipBackend, config: CaRConfig) -> None:
         self.backend = backend
         self.config = config
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: dict[str, torch.Tensor] = {}  # query -> [T, d] template embeddings
         self._ensemble_cache: dict[str, torch.Tensor] = {}
         self._image_cache: dict[str, torch.Tensor] = {}
         self.tower_calls = 0  # forwards of the image tower since construction
@@ -83,21 +84,20 @@ class MaskClassifier:
 
     # -- text ---------------------------------------------------------------------------------
 
-    def _encode(self, texts: list[str]) -> torch.Tensor:
-        """[len(texts), d] normalised embeddings, through the per-string cache when enabled."""
+    def _encode(self, queries: list[str]) -> torch.Tensor:
+        """[Q, T, d] template embeddings, through the per-query cache when enabled."""
+        templates = self.config.templates
         if not self.config.cache_text:
-            return self.backend.encode_text(texts).float().cpu()
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+            return self.backend.encode_templates(templates, queries).float().cpu()
+        missing = list(dict.fromkeys(q for q in queries if q not in self._text_cache))
         if missing:
-            encoded = self.backend.encode_text(missing).float().cpu()
+            encoded = self.backend.encode_templates(templates, missing).float().cpu()
             self._text_cache.update(zip(missing, encoded, strict=True))
-        return torch.stack([self._text_cache[t] for t in texts])
+        return torch.stack([self._text_cache[q] for q in queries])
 
     def template_text_features(self, queries: Sequence[str]) -> torch.Tensor:
-        """[T, Q, d]: every template filled with every query, each encoded on its own."""
-        templates = self.config.templates
-        texts = [t.format(q) for t in templates for q in queries]
-        return self._encode(texts).reshape(len(templates), len(queries), -1)
+        """[T, Q, d]: every template filled with every query (``backend.encode_templates``)."""
+        return self._encode(list(queries)).transpose(0, 1).contiguous()
 
     def ensemble_text_features(self, queries: Sequence[str]) -> torch.Tensor:
         """[Q, d]: per query, the mean over templates (and synonyms) of normalised embeddings."""

@@ -153,6 +153,12 @@ class CaRConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N", "mps"
     dtype: str = "float32"
     batch_size: int = 32  # prompted images per classifier forward
+    # On-disk text embedding cache (with cache_text), shared by runs and workers: "auto" is
+    # $CLIPRNN_CACHE_DIR/text, else ~/.cache/cliprnn/text; a folder; None or "" disables it.
+    text_cache_dir: str | None = "auto"
+    # Dense CRFs (and post-CRF work) run on this many workers alongside the next image's
+    # GPU work in cliprnn.pipeline.segment_stream; 0 runs them in order (CaR.segment).
+    crf_workers: int = 0
 
     # Reference-code behaviour ("faithful") versus the cleaned-up behaviour.
     faithful: bool = True
@@ -166,6 +172,7 @@ class CaRConfig:
     skip_single_query_classifier: bool = True  # one live query scores 1 by construction
     early_stop_clean: bool = True  # clean mode: a first step that drops nothing is final
     compact_weights: bool = True  # weights exact in fp16/bf16 held in 16 bits, computed in fp32
+    group_templates: bool = True  # a query's classifier templates in one fixed text pass
 
     extras: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -176,6 +183,8 @@ class CaRConfig:
             if isinstance(value, str):
                 raise ConfigError(f"{name} must be a list of strings, not the string {value!r}")
             object.__setattr__(self, name, tuple(value))
+        if self.text_cache_dir is not None and not isinstance(self.text_cache_dir, str):
+            object.__setattr__(self, "text_cache_dir", str(self.text_cache_dir))  # a Path
         self.validate()
 
     def validate(self) -> None:
@@ -213,6 +222,9 @@ class CaRConfig:
             raise ConfigError("max_image_side must be None or an integer >= 32")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        workers = self.crf_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ConfigError(f"crf_workers must be an integer >= 0, got {self.crf_workers!r}")
         if self.affinity_layers < 1 or self.sinkhorn_rounds < 1 or self.cam_input_multiple < 1:
             raise ConfigError(
                 "affinity_layers, sinkhorn_rounds and cam_input_multiple must be >= 1"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from cliprnn.config import CaRConfig
+
+#: ``dense_crf``'s signature: (uint8 image [H, W, 3], probabilities [C, H, W], config) -> Q.
+CrfFunction = Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
+#: The config fields ``dense_crf`` reads.
+CRF_FIELDS = ("crf_iterations", "crf_pos_xy_std", "crf_pos_w", "crf_bi_xy_std", "crf_bi_rgb_std",
+              "crf_bi_w")  # fmt: skip
 
 
 def crf_image(
@@ -75,6 +81,7 @@ def crf_masks(
     config: CaRConfig,
     *,
     bg_factor: float | None = None,
+    crf_fn: CrfFunction | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Mutually exclusive binary masks [N, H, W] for N competing proposals, and extras.
 
@@ -82,7 +89,8 @@ def crf_masks(
     together, and each pixel goes to the arg-max. ``extras["lost"]`` (bool [N]) marks the
     queries that lost their one-hot channel (see ``_labels_to_masks``; never in clean mode):
     their score must become 0. Other extras: ``labels``, and ``crf_image``, ``crf_q`` with
-    the CRF on.
+    the CRF on. ``crf_fn`` stands in for ``dense_crf`` (the same computation elsewhere, e.g. in
+    a worker process).
     """
     n = proposals.shape[0]
     factor = config.bg_factor if bg_factor is None else bg_factor
@@ -90,7 +98,7 @@ def crf_masks(
     extras: dict[str, Any] = {}
     if config.crf:
         img = crf_image(image, config.faithful, config.crf_mean_bgr)
-        q = dense_crf(img, probs, config)
+        q = (crf_fn or dense_crf)(img, probs, config)
         extras.update(crf_image=img, crf_q=q)
     else:
         q = probs
@@ -107,17 +115,19 @@ def crf_masks_separate(
     config: CaRConfig,
     *,
     bg_factor: float | None = None,
+    crf_fn: CrfFunction | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Referring mode: one two-label CRF per proposal against its own background (1 - p).
 
-    Masks may overlap; no query is ever ``lost`` (extras as in ``crf_masks``).
+    Masks may overlap; no query is ever ``lost`` (extras and ``crf_fn`` as in ``crf_masks``).
     """
+    crf = crf_fn or dense_crf
     factor = config.bg_factor if bg_factor is None else bg_factor
     img = crf_image(image, config.faithful, config.crf_mean_bgr) if config.crf else None
     masks = np.zeros(proposals.shape, bool)
     for i, p in enumerate(proposals):
         probs = np.stack([np.power(1.0 - p, factor), p]).astype(np.float32)
-        q = dense_crf(img, probs, config) if img is not None else probs
+        q = crf(img, probs, config) if img is not None else probs
         masks[i] = np.argmax(q, axis=0) == 1
     extras: dict[str, Any] = {"lost": np.zeros(len(proposals), bool)}
     if img is not None:

@@ -23,6 +23,9 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_TMP / "plugins")
 os.environ.setdefault("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS", "true")
 os.environ.setdefault("FIFTYONE_DEFAULT_DATASET_DIR", str(_TMP / "fiftyone-data"))
+# No on-disk text embedding cache unless a test asks for one: tests count text passes, and
+# must not read (or fill) the user's ~/.cache/cliprnn.
+os.environ["CLIPRNN_CACHE_DIR"] = ""
 
 import pytest  # noqa: E402
 

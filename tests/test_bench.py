@@ -145,3 +145,32 @@ def test_dataset_throughput_over_jpeg_files() -> None:
     assert out["images"] == 2 and out["failures"] == 0
     assert out["images_per_second"] == pytest.approx(2 / out["seconds"])
     assert np.isfinite(out["decode_seconds_per_image"])
+
+
+def test_dataset_throughput_with_crf_overlap_gives_identical_outputs() -> None:
+    from cliprnn.bench.throughput import dataset_throughput
+
+    out = dataset_throughput(
+        3, queries=3, steps=2, archs=(TINY, TINY), fiftyone=False, crf_workers=1
+    )
+    assert out["crf_workers"] == 1 and out["overlap_identical"] is True
+    assert out["overlap_images_per_second"] == pytest.approx(3 / out["overlap_seconds"])
+    assert out["overlap_speedup"] > 0
+
+
+def test_first_image_is_reported_cold_and_warm() -> None:
+    from cliprnn.bench.speed import run_speed_benchmark
+
+    report = run_speed_benchmark(queries=3, steps=2, baseline=False, archs=(TINY, TINY))
+    cold, warm = report["text_cache_cold"], report["text_cache_warm"]
+    # the cold run fills an empty cache; the warm one (another process) only reads it
+    assert cold["hits"] == 0 and cold["writes"] > 0
+    assert warm["misses"] == 0 and warm["writes"] == 0 and warm["hits"] == cold["writes"]
+    assert report["warm_identical"] is True
+    for key in ("first_over_steady", "first_over_steady_warm", "first_image_seconds_warm"):
+        assert report[key] > 0
+    # the warm run embeds nothing: its text time is the disk reads only
+    assert 0 <= report["first_image_text_seconds_warm"] < report["first_image_seconds_warm"]
+    assert report["first_image_text_seconds"] > 0
+    table = format_table(report)
+    assert "first image, warm text cache" in table and "first / steady, cold" in table

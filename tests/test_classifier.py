@@ -102,6 +102,11 @@ class StubBackend:
         self.text_calls.append(list(texts))
         return torch.stack([self._text_vec(s) for s in texts])
 
+    def encode_templates(self, templates: tuple[str, ...], queries: list[str]) -> torch.Tensor:
+        self.text_calls.append([t.format(q) for q in queries for t in templates])
+        vecs = [[self._text_vec(t.format(q)) for t in templates] for q in queries]
+        return torch.stack([torch.stack(row) for row in vecs])
+
     def text_ensemble(self, names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
         self.ensemble_calls.append((list(names), tuple(templates)))
         rows = []
@@ -150,11 +155,11 @@ def test_single_pass_and_reference_schedule_agree() -> None:
     assert all(t for _, t in b1.tower_batches)  # faithful: truncated tower
 
 
-def test_faithful_texts_template_major_and_cached() -> None:
+def test_faithful_texts_per_query_and_cached() -> None:
     b = StubBackend()
     clf = MaskClassifier(b, _config())
     clf.score(_images(2), QUERIES[:2])
-    assert b.text_calls == [[t.format(q) for t in TEMPLATES for q in QUERIES[:2]]]
+    assert b.text_calls == [[t.format(q) for q in QUERIES[:2] for t in TEMPLATES]]
     clf.score(_images(3, seed=1), QUERIES[:3])
     assert b.text_calls[1] == [t.format("boat") for t in TEMPLATES]
     clf.score(_images(2, seed=2), QUERIES[:2])

@@ -121,6 +121,9 @@ class _HandBackend:
     def encode_text(self, texts):
         return torch.tensor([self.TEXT[t] for t in texts])
 
+    def encode_templates(self, templates, queries):
+        return torch.stack([self.encode_text([t.format(q) for t in templates]) for q in queries])
+
     def text_ensemble(self, names, templates):
         return ClipBackend.text_ensemble(self, names, templates)
 
@@ -355,8 +358,8 @@ def test_engine_empty_middle_survivor_keeps_score_only_when_faithful(scripted) -
         car.forced_schedule = [3, 3]  # all three survive
         real = type(car)._postprocess
 
-        def postprocess(image, proposals, bg_factor, _car=car, _real=real):
-            masks, lost = _real(_car, image, proposals, bg_factor)
+        def postprocess(image, proposals, bg_factor, crf_fn=None, _car=car, _real=real):
+            masks, lost = _real(_car, image, proposals, bg_factor, crf_fn)
             masks, lost = masks.copy(), lost.copy()
             masks[1] = False  # the middle survivor's channel exists but wins no pixel
             lost[1] = False

@@ -3,7 +3,10 @@
 The whole pipeline runs on a tiny random CLIP (both roles; its weights are fp16 values, as in
 OpenAI's release, so ``compact_weights`` holds them in 16 bits): each configuration with one
 switch turned off, and the reference schedule (all off), must give the same label map, the same
-kept queries at every step, and scores within 1e-6 of the default (all on).
+kept queries at every step, and scores within 1e-6 of the default (all on) — within 1e-5 when
+``group_templates`` differs: a query's templates embedded in one pass round differently from
+one string per pass (text embeddings within 2e-7), and the classifier's softmax over logit
+scale 100 amplifies that; the golden stage tolerance for classifier scores is 1e-5.
 
 Most runs use one CPU thread: a tiny model's many small operations are several times slower
 when each waits for a second thread on a busy machine. One comparison runs on two threads.
@@ -76,30 +79,31 @@ def _count_work(car: CaR) -> dict[str, int]:
     """Counters of dense passes, text strings embedded and classifier tower batches."""
     counts = {"dense": 0, "texts": 0}
     backend = car.proposal_backend
-    dense_pass, encode = backend.dense_pass, backend._encode_uncached
+    dense_pass, forward = backend.dense_pass, backend._forward_texts
 
     def counting_dense(*args: Any, **kwargs: Any):
         counts["dense"] += 1
         return dense_pass(*args, **kwargs)
 
-    def counting_encode(texts: list[str]):
+    def counting_forward(texts: list[str]):
         counts["texts"] += len(texts)
-        return encode(texts)
+        return forward(texts)
 
     backend.dense_pass = counting_dense
-    backend._encode_uncached = counting_encode
+    backend._forward_texts = counting_forward
     return counts
 
 
-def _assert_same_output(a, b) -> None:
+def _assert_same_output(a, b, *, same_text_grouping: bool = True) -> None:
+    score_atol = 1e-6 if same_text_grouping else 1e-5
     np.testing.assert_array_equal(a.label_map, b.label_map)
     assert a.kept == b.kept
     assert a.steps == b.steps
     assert [t.kept for t in a.trace] == [t.kept for t in b.trace]
     assert [t.queries for t in a.trace] == [t.queries for t in b.trace]
-    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(a.scores, b.scores, atol=score_atol, rtol=0)
     for ta, tb in zip(a.trace, b.trace, strict=True):
-        np.testing.assert_allclose(ta.scores, tb.scores, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(ta.scores, tb.scores, atol=score_atol, rtol=0)
         np.testing.assert_allclose(ta.proposals, tb.proposals, atol=1e-6, rtol=0)
 
 
@@ -124,7 +128,7 @@ def test_forced_schedule_walks_three_steps(default_runs) -> None:
 def test_switch_off_gives_the_same_output(fp16_clip_dir, image, default_runs, switch):
     reference, _, _ = default_runs[True]
     result, _, _ = _run(fp16_clip_dir, image, forced=True, **{switch: False})
-    _assert_same_output(result, reference)
+    _assert_same_output(result, reference, same_text_grouping=switch != "group_templates")
 
 
 @pytest.mark.parametrize("forced", [True, False])
@@ -133,7 +137,7 @@ def test_reference_schedule_gives_the_same_output(fp16_clip_dir, image, default_
     result, slow_counts, _ = _run(
         fp16_clip_dir, image, forced=forced, **dict.fromkeys(SPEED_SWITCHES, False)
     )
-    _assert_same_output(result, reference)
+    _assert_same_output(result, reference, same_text_grouping=False)
     # one dense pass per image instead of one per step
     assert (fast_counts["dense"], slow_counts["dense"]) == (1, reference.steps)
 
@@ -151,7 +155,7 @@ def test_reference_schedule_gives_the_same_output_on_two_threads(fp16_clip_dir, 
         )  # fmt: skip
     finally:
         torch.set_num_threads(1)
-    _assert_same_output(slow, fast)
+    _assert_same_output(slow, fast, same_text_grouping=False)
 
 
 def test_early_stop_clean_ends_a_first_step_that_drops_nothing(fp16_clip_dir, image) -> None:

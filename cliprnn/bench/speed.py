@@ -5,10 +5,12 @@ weights — speed does not depend on weight values, and nothing is downloaded �
 preset on one 500×375 image with the 20 VOC class names. Random weights make the real drop
 schedule arbitrary, so the recurrence follows a fixed schedule. Each measured configuration runs
 in its own subprocess so that its peak RSS is its own. Reported: seconds per image in the
-steady state of a dataset run (text cache filled) and cold, seconds per stage (dense, text, cam,
-affinity, prompts, classifier, crf), peak RSS, the 1-query time and the cost of each further
-query, and the same for the baseline (every speed switch off) with the ratio and whether the
-label maps are identical. See docs/speed.md.
+steady state of a dataset run (text cache filled), the first image of a cold run (empty on-disk
+text cache) and of a warm one (a second process on the same cache), seconds per stage (dense,
+text, cam, affinity, prompts, classifier, crf), peak RSS, the 1-query time and the cost of each
+further query, and the same for the baseline (every speed switch off) with the ratio and
+whether the label maps are identical. ``dataset`` adds images/s over generated JPEG files, with
+and without the CRF overlap of ``cliprnn.pipeline.segment_stream``. See docs/speed.md.
 """
 
 from __future__ import annotations
@@ -25,127 +27,63 @@ from typing import Any
 
 import numpy as np
 
-from cliprnn.config import VOC_CLASSES, CaRConfig
-
-#: Every optimisation switch; the baseline turns them all off (the reference's schedule).
-SPEED_SWITCHES = (
-    "reuse_dense_pass",
-    "batched_cam",
-    "cache_text",
-    "classifier_single_pass",
-    "reuse_unchanged_prompts",
-    "skip_single_query_classifier",
-    "early_stop_clean",
-    "compact_weights",
+from cliprnn.bench.common import (
+    IMAGE_HW,
+    PAPER_ARCHS,
+    SPEED_SWITCHES,
+    arch_names,
+    bench_image,
+    build_car,
+    drop_schedule,
+    query_names,
 )
-IMAGE_HW = (375, 500)
+from cliprnn.bench.throughput import dataset_throughput
 
-
-def drop_schedule(queries: int, steps: int) -> list[int]:
-    """Queries kept after each step: shrink to half over steps-1 steps, then confirm."""
-    if steps < 2:
-        return [queries]
-    half = max(1, queries // 2)
-    shrinking = np.linspace(queries, half, steps - 1).round().astype(int).tolist()
-    shrinking[-1] = half
-    return [*shrinking, half]
-
-
-def bench_image(seed: int = 0) -> np.ndarray:
-    """A 500×375 generated scene (or seeded noise if the scene generator is unavailable)."""
-    try:
-        from cliprnn.scenes import generate_scene
-
-        return generate_scene(seed, size=IMAGE_HW).image
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        return rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
-
-
-#: The paper's backbones: (proposal CLIP, classifier CLIP).
-PAPER_ARCHS: tuple[str, str] = ("ViT-B/16", "ViT-L/14")
-
-
-def arch_names(archs: tuple[Any, Any]) -> list[str]:
-    """Each architecture's name, or "custom" for one given as a dict."""
-    return [a if isinstance(a, str) else "custom" for a in archs]
-
-
-def build_car(
-    device: str = "cpu",
-    optimised: bool = True,
-    archs: tuple[Any, Any] = PAPER_ARCHS,
-    dtype: str | None = None,
-) -> Any:
-    """A VOC-preset CaR over random-weight CLIPs of ``archs`` (names or architecture dicts).
-
-    ``optimised`` turns every speed switch on (the default config) or off (the reference's
-    schedule). ``dtype`` defaults to float16 autocast on CUDA and fp32 on a CPU.
-    """
-    import torch
-    from transformers import CLIPTokenizer
-
-    from cliprnn.assets import tokenizer_dir
-    from cliprnn.car import CaR
-    from cliprnn.clip_backend import ClipBackend, resolve_device
-    from cliprnn.random_clip import random_clip_model
-
-    names = arch_names(archs)
-    switches = dict.fromkeys(SPEED_SWITCHES, optimised)
-    config = CaRConfig.preset(
-        "voc", device=device, max_image_side=None, proposal_model=f"random:{names[0]}",
-        classifier_model=f"random:{names[1]}",
-        dtype=dtype or ("float16" if "cuda" in device else "float32"), **switches,
-    )  # fmt: skip
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir()))
-    dev = resolve_device(device)
-    dtype = getattr(torch, config.dtype)
-    car = CaR(config)
-    # the larger classifier first: its fp32 build transient then meets the smaller model only
-    for role, arch, name, seed in reversed(
-        list(zip(("proposal", "classifier"), archs, names, (0, 1), strict=True))
-    ):
-        # fp16 values, as OpenAI released CLIP: compact_weights then holds them in 16 bits
-        model = random_clip_model(arch, seed=seed, fp16_values=True)
-        model = model.to(dev).eval().requires_grad_(False)
-        backend = ClipBackend(
-            model, tokenizer, device=dev, dtype=dtype, role=role, name=f"random:{name}",
-            faithful=config.faithful, cache_text=config.cache_text,
-            compact_weights=config.compact_weights,
-        )  # fmt: skip
-        setattr(car, f"_{role}_backend", backend)
-    return car
-
-
-def query_names(queries: int) -> list[str]:
-    """The first ``queries`` VOC class names (numbered objects beyond 20)."""
-    if queries <= len(VOC_CLASSES):
-        return list(VOC_CLASSES[:queries])
-    return [f"object {i}" for i in range(queries)]
+__all__ = [
+    "IMAGE_HW",
+    "PAPER_ARCHS",
+    "SPEED_SWITCHES",
+    "arch_names",
+    "bench_image",
+    "build_car",
+    "dataset_throughput",
+    "drop_schedule",
+    "format_table",
+    "measure",
+    "query_names",
+    "run_speed_benchmark",
+]
 
 
 def measure(
     *, queries: int, steps: int, device: str, optimised: bool, repeats: int = 1,
     archs: tuple[Any, Any] = PAPER_ARCHS, dtype: str | None = None,
-    labels_out: str | None = None,
+    labels_out: str | None = None, text_cache_dir: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run CaR in this process: seconds, stage timings, peak RSS and the outputs' digest.
 
-    The first call on the bench image is the cold figure (``first_image_seconds``: text
-    embeddings not cached yet); ``seconds_per_image`` is the best of ``repeats`` further calls,
-    the steady state of a dataset run. ``repeats=0`` reports the cold call only.
-    ``labels_out`` saves the label map there (``.npy``).
+    The first call on the bench image is the cold figure (``first_image_seconds``: the class
+    list's text embeddings not in memory yet, and read from ``text_cache_dir`` when it holds
+    them); ``seconds_per_image`` is the best of ``repeats`` further calls, the steady state of
+    a dataset run. ``repeats=0`` reports the cold call only. ``labels_out`` saves the label
+    map there (``.npy``). ``text_cache`` counts the on-disk cache's hits, misses and writes;
+    ``first_image_text_seconds`` is the first call's time in text embedding (passes and disk
+    reads), the part of the first image a steady-state image does not spend.
     """
-    car = build_car(device, optimised, archs, dtype)
+    car = build_car(device, optimised, archs, dtype, text_cache_dir=text_cache_dir)
     image = bench_image()
     names = query_names(queries)
     car.forced_schedule = drop_schedule(len(names), steps)
     car.segment(image[:64, :64], ["a", "b"][: min(2, len(names))])  # kernels, allocator
+    backends = list({id(b): b for b in (car.proposal_backend, car.classifier_backend)}.values())
     runs = []
+    text_seconds = []
     for _ in range(1 + repeats):
+        text_before = sum(b.text_seconds for b in backends)
         start = time.perf_counter()
         result = car.segment(image, names)
         runs.append((time.perf_counter() - start, result))
+        text_seconds.append(sum(b.text_seconds for b in backends) - text_before)
     cold = runs[0][0]
     seconds, result = min(runs[1:] or runs, key=lambda r: r[0])
     digest = hashlib.sha256(result.label_map.astype(np.int32).tobytes()).hexdigest()
@@ -154,6 +92,7 @@ def measure(
     return {
         "seconds_per_image": seconds,
         "first_image_seconds": cold,
+        "first_image_text_seconds": text_seconds[0],
         "stages": {k: round(v, 3) for k, v in result.timings.items()},
         "steps": result.steps,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -161,7 +100,19 @@ def measure(
         "kept": list(result.kept),
         "scores": [round(float(s), 7) for s in result.scores],
         "threads": _threads(),
+        "text_cache": _disk_counts(car),
     }
+
+
+def _disk_counts(car: Any) -> dict[str, int]:
+    """Hits, misses, corrupt entries and writes of the models' on-disk text caches."""
+    counts = dict.fromkeys(("hits", "misses", "corrupt", "writes"), 0)
+    backends = {id(b): b for b in (car.proposal_backend, car.classifier_backend)}
+    for backend in backends.values():
+        disk = getattr(backend, "_disk", None)
+        for name in counts:
+            counts[name] += int(getattr(disk, name, 0))
+    return counts
 
 
 def _threads() -> int:
@@ -195,36 +146,52 @@ def _load_average() -> list[float] | None:
 def run_speed_benchmark(
     *, queries: int = 20, steps: int = 2, dataset: int = 0, device: str = "cpu",
     baseline: bool = True, archs: tuple[Any, Any] = PAPER_ARCHS, repeats: int = 1,
-    bf16: bool = False,
+    bf16: bool = False, crf_workers: int = 0, warm: bool = True, dtype: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The full report of bench-speed (see the module docstring).
 
+    The optimised run starts on an empty on-disk text cache (``first_image_seconds``, cold);
+    with ``warm`` a second process runs on the cache it filled (``first_image_seconds_warm``).
+    Each ``first_over_steady`` divides a first image by the steady state of the same process.
     ``bf16`` adds a run under bfloat16 autocast (not output-identical: it reports the share of
-    pixels whose label matches the float32 run).
+    pixels whose label matches the float32 run). ``dataset`` images are also run through
+    ``segment_stream`` with ``crf_workers`` when that is above 0. ``dtype`` (default: float16
+    autocast on CUDA, float32 on a CPU) applies to every run but the bf16 one.
     """
-    common = dict(steps=steps, device=device, archs=archs)
+    common = dict(steps=steps, device=device, archs=archs, dtype=dtype)
     load_before = _load_average()
     with tempfile.TemporaryDirectory(prefix="cliprnn-bench-") as workdir:
         fp32_labels, bf16_labels = (os.path.join(workdir, f"{d}.npy") for d in ("fp32", "bf16"))
+        cache_dir = os.path.join(workdir, "text-cache")
         opt = _measure_in_subprocess(
-            queries=queries, optimised=True, repeats=repeats,
+            queries=queries, optimised=True, repeats=repeats, text_cache_dir=cache_dir,
             labels_out=fp32_labels if bf16 else None, **common,
         )  # fmt: skip
+        hot = None
+        if warm:
+            hot = _measure_in_subprocess(
+                queries=queries, optimised=True, repeats=max(1, repeats),
+                text_cache_dir=cache_dir, **common,
+            )  # fmt: skip
         if bf16:
             low = _measure_in_subprocess(
-                queries=queries, optimised=True, repeats=repeats, dtype="bfloat16",
-                labels_out=bf16_labels, **common,
+                queries=queries, optimised=True, repeats=repeats, labels_out=bf16_labels,
+                **{**common, "dtype": "bfloat16"},
             )  # fmt: skip
             agreement = float(np.mean(np.load(fp32_labels) == np.load(bf16_labels)))
     one = _measure_in_subprocess(queries=1, optimised=True, repeats=repeats, **common)
     marginal = (opt["seconds_per_image"] - one["seconds_per_image"]) / max(1, queries - 1)
     report: dict[str, Any] = {
         "device": device,
+        "dtype": dtype or ("float16" if "cuda" in device else "float32"),
         "archs": arch_names(archs),
         "queries": queries,
         "schedule": drop_schedule(queries, steps),
         "seconds_per_image": opt["seconds_per_image"],
         "first_image_seconds": opt["first_image_seconds"],
+        "first_over_steady": opt["first_image_seconds"] / opt["seconds_per_image"],
+        "first_image_text_seconds": opt["first_image_text_seconds"],
+        "text_cache_cold": opt["text_cache"],
         "stages": opt["stages"],
         "steps": opt["steps"],
         "peak_rss_mb": round(opt["peak_rss_mb"], 1),
@@ -233,6 +200,17 @@ def run_speed_benchmark(
         "marginal_query_seconds": marginal,
         "marginal_over_first": marginal / one["seconds_per_image"],
     }
+    if hot is not None:
+        report.update(
+            first_image_seconds_warm=hot["first_image_seconds"],
+            warm_seconds_per_image=hot["seconds_per_image"],
+            first_over_steady_warm=hot["first_image_seconds"] / hot["seconds_per_image"],
+            first_image_text_seconds_warm=hot["first_image_text_seconds"],
+            text_cache_warm=hot["text_cache"],
+            warm_identical=hot["label_map_sha256"] == opt["label_map_sha256"]
+            and hot["kept"] == opt["kept"]
+            and hot["scores"] == opt["scores"],
+        )
     if baseline:
         # the baseline caches nothing, so its first call is its steady state
         base = _measure_in_subprocess(queries=queries, optimised=False, repeats=0, **common)
@@ -257,11 +235,10 @@ def run_speed_benchmark(
             bf16_peak_rss_mb=round(low["peak_rss_mb"], 1),
         )
     if dataset:
-        from cliprnn.bench.throughput import dataset_throughput
-
         report["dataset"] = dataset_throughput(
-            dataset, device=device, queries=queries, steps=steps, archs=archs
-        )
+            dataset, device=device, queries=queries, steps=steps, archs=archs,
+            crf_workers=crf_workers, dtype=dtype,
+        )  # fmt: skip
         report["dataset_over_single"] = (
             report["dataset"]["images_per_second"] * report["seconds_per_image"]
         )
@@ -276,12 +253,27 @@ def format_table(report: dict[str, Any]) -> str:
         ("models", " + ".join(report.get("archs", []))),
         ("queries / schedule", f"{report['queries']} / {report['schedule']}"),
         ("seconds per image", f"{report['seconds_per_image']:.2f}"),
-        ("first image (cold text cache)", f"{report['first_image_seconds']:.2f}"),
+        ("first image, cold text cache (s)", f"{report['first_image_seconds']:.2f}"),
+        ("first / steady, cold", f"{report.get('first_over_steady', float('nan')):.2f}"),
+        (
+            "first image's text embedding, cold (s)",
+            f"{report.get('first_image_text_seconds', float('nan')):.2f}",
+        ),
         ("peak RSS (MB)", f"{report['peak_rss_mb']:.0f}"),
         ("one query (s)", f"{report['first_query_seconds']:.2f}"),
         ("each further query (s)", f"{report['marginal_query_seconds']:.2f}"),
         ("further / first", f"{report['marginal_over_first']:.2f}"),
     ]
+    if "first_image_seconds_warm" in report:
+        rows += [
+            ("first image, warm text cache (s)", f"{report['first_image_seconds_warm']:.2f}"),
+            ("first / steady, warm", f"{report['first_over_steady_warm']:.2f}"),
+            (
+                "first image's text embedding, warm (s)",
+                f"{report['first_image_text_seconds_warm']:.2f}",
+            ),
+            ("warm run identical to cold", str(report["warm_identical"])),
+        ]
     if "speedup" in report:
         rows += [
             ("baseline seconds per image", f"{report['baseline_seconds_per_image']:.2f}"),
@@ -300,6 +292,13 @@ def format_table(report: dict[str, Any]) -> str:
         data = report["dataset"]
         rows.append(("dataset images per second", f"{data['images_per_second']:.4f}"))
         rows.append(("dataset / single image", f"{report['dataset_over_single']:.2f}"))
+        if "overlap_images_per_second" in data:
+            rows += [
+                (f"with CRF overlap ({data['crf_workers']} workers) images/s",
+                 f"{data['overlap_images_per_second']:.4f}"),
+                ("CRF overlap speedup", f"{data['overlap_speedup']:.3f}x"),
+                ("CRF overlap identical outputs", str(data["overlap_identical"])),
+            ]  # fmt: skip
         if data.get("fiftyone_images_per_second") is not None:
             rows.append(
                 ("segment_collection images/s", f"{data['fiftyone_images_per_second']:.4f}")

@@ -1,13 +1,20 @@
-"""Dataset throughput: images per second over generated JPEG files, decoding overlapped."""
+"""Dataset throughput: images per second over generated JPEG files, decoding overlapped.
+
+Optionally also with each image's CRF overlapped with the next image's model passes
+(``cliprnn.pipeline.segment_stream``), checking that every output is the same.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from cliprnn.bench.speed import PAPER_ARCHS, bench_image, build_car, drop_schedule, query_names
+import numpy as np
+
+from cliprnn.bench.common import PAPER_ARCHS, bench_image, build_car, drop_schedule, query_names
 from cliprnn.prefetch import prefetch
 
 
@@ -35,24 +42,30 @@ def dataset_throughput(
     workers: int = 2,
     ahead: int = 4,
     fiftyone: bool = True,
+    crf_workers: int = 0,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Images per second of CaR over ``n`` generated JPEG files read through :func:`prefetch`.
 
     The bench-speed configuration (VOC preset, random-weight ``archs``, fixed drop schedule) runs
     over ``n`` files after one untimed warm-up file (kernels and the class list's text
     embeddings, which a dataset run computes once). ``decode_seconds_per_image`` is the
-    decoding cost the prefetcher hides. With ``fiftyone`` the same files also go through
-    ``cliprnn.fiftyone.segment_collection`` when it is importable; its rate (or the reason it
-    could not run) is reported too.
+    decoding cost the prefetcher hides. With ``crf_workers`` > 0 the files are run again through
+    ``segment_stream`` with that many CRF workers: ``overlap_images_per_second``,
+    ``overlap_speedup`` (over the sequential rate) and ``overlap_identical`` (every label map,
+    kept list and score equal to the sequential run's). With ``fiftyone`` the same files also
+    go through ``cliprnn.fiftyone.segment_collection`` when it is importable; its rate (or the
+    reason it could not run) is reported too. Timings on a shared machine are noisy.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    car = build_car(device, True, archs)
+    car = build_car(device, True, archs, dtype)
     names = query_names(queries)
     car.forced_schedule = drop_schedule(len(names), steps)
     from cliprnn.imageio import load_image as load  # CaR.segment resizes, keeping full-res masks
 
-    report: dict[str, Any] = {"images": n, "workers": workers, "ahead": ahead}
+    report: dict[str, Any] = {"images": n, "workers": workers, "ahead": ahead,
+                              "crf_workers": crf_workers}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="cliprnn-throughput-") as tmp:
         warm, *paths = write_images(n + 1, tmp, first_seed=1000)
         car.segment(load(warm), names)
@@ -61,17 +74,46 @@ def dataset_throughput(
             load(path)
         report["decode_seconds_per_image"] = (time.perf_counter() - start) / n
         failures = 0
+        digests = []
         start = time.perf_counter()
         for _, image in prefetch(paths, load, workers=workers, ahead=ahead):
             if isinstance(image, BaseException):
                 failures += 1
                 continue
-            car.segment(image, names)
+            digests.append(result_digest(car.segment(image, names)))
         elapsed = time.perf_counter() - start
         report.update(seconds=elapsed, images_per_second=n / elapsed, failures=failures)
+        if crf_workers > 0:
+            from cliprnn.pipeline import segment_stream
+
+            overlapped = []
+            start = time.perf_counter()
+            stream = segment_stream(
+                car, prefetch(paths, load, workers=workers, ahead=ahead), names, crf_workers
+            )
+            for _, result in stream:
+                overlapped.append(
+                    result if isinstance(result, BaseException) else result_digest(result)
+                )
+            overlap_seconds = time.perf_counter() - start
+            report.update(
+                overlap_seconds=overlap_seconds,
+                overlap_images_per_second=n / overlap_seconds,
+                overlap_speedup=elapsed / overlap_seconds,
+                overlap_identical=overlapped == digests,
+            )
         if fiftyone:
             report.update(_through_segment_collection(car, names, paths))
     return report
+
+
+def result_digest(result: Any) -> str:
+    """SHA-256 of a CaRResult's label map, kept queries and scores (equal outputs, equal digest)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(result.label_map, dtype=np.int32).tobytes())
+    h.update(repr(list(result.kept)).encode())
+    h.update(np.ascontiguousarray(result.scores, dtype=np.float32).tobytes())
+    return h.hexdigest()
 
 
 def _through_segment_collection(car: Any, names: list[str], paths: list[Path]) -> dict[str, Any]:
