@@ -28,6 +28,7 @@ from cliprnn.fiftyone.queries import (
 )
 from cliprnn.fiftyone.runs import record_run, record_run_results, run_key_for
 from cliprnn.imageio import load_image
+from cliprnn.pipeline import segment_stream
 from cliprnn.prefetch import prefetch
 
 DEFAULT_BATCH_SIZE = 8
@@ -271,10 +272,11 @@ class SegmentationRun:
 
         items = zip(self.ids, self.paths, strict=True)
         loaded = prefetch(items, _load, workers=self.num_workers, ahead=self.prefetch_ahead)
-        with contextlib.closing(loaded):
+        stream = segment_stream(self.car, loaded, self._queries_for, post=self._labels_of)
+        with contextlib.closing(loaded), contextlib.closing(stream):
             try:
-                for (sid, path), image in loaded:
-                    self._segment_one(sid, path, image, batch)
+                for (sid, path), outcome in stream:
+                    self._record_one(sid, path, outcome, batch)
                     if len(batch) >= self.batch_size:
                         flush()
                         yield self._progress(done, total, start)
@@ -411,15 +413,18 @@ class SegmentationRun:
         self.summary.seconds = time.perf_counter() - start
         return Progress(done, total, self.summary.failed)
 
-    def _segment_one(self, sid: str, path: str, image: Any, batch: _Batch) -> None:
-        """Segment one decoded image (or its load error) into ``batch``; a failure is recorded
-        when ``skip_failures`` is on and raised as SampleError otherwise."""
+    def _queries_for(self, key: tuple[str, str]) -> list[str]:
+        return self.queries if self.per_sample is None else self.per_sample[key[0]]
+
+    def _record_one(self, sid: str, path: str, outcome: Any, batch: _Batch) -> None:
+        """Put one sample's labels (or its failure: a load, segmentation or label error) into
+        ``batch``; a failure is recorded when ``skip_failures`` is on and raised as SampleError
+        otherwise."""
         try:
-            if isinstance(image, BaseException):
-                raise image
-            queries = self.queries if self.per_sample is None else self.per_sample[sid]
-            result = self.car.segment(image, queries)
-            self._labels_for(sid, result, batch.labels)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            for name, label in outcome.items():
+                batch.labels[name][sid] = label
             batch.errors[sid] = None
         except Exception as e:
             for values in batch.labels.values():
@@ -442,29 +447,34 @@ class SegmentationRun:
             self.summary.processed += sum(v is None for v in errors.values())
         return len(errors)
 
-    def _labels_for(self, sid: str, result: Any, labels: dict[str, dict[str, Any]]) -> None:
+    def _labels_of(self, key: tuple[str, str], result: Any) -> dict[str, Any]:
+        """Every output label of one sample (files written first); runs on a CRF worker
+        thread when ``crf_workers`` > 0, so it only reads the run's settings."""
+        sid = key[0]
         f = self.fields
+        labels: dict[str, Any] = {}
         if f.segmentation:
             path = None
             if self.output_dir is not None:
                 mask = L.semantic_mask(result, self.values, self.dtype)
                 path = write_png_atomic(mask, self.output_dir / "masks" / f"{sid}.png")
-            labels[f.segmentation][sid] = L.segmentation_label(
+            labels[f.segmentation] = L.segmentation_label(
                 result, self.values, self.dtype, mask_path=path
             )
         if f.detections:
-            labels[f.detections][sid] = L.detections_label(result, self.values, self.instances)
-        labels[f.scores][sid] = L.scores_label(result)
+            labels[f.detections] = L.detections_label(result, self.values, self.instances)
+        labels[f.scores] = L.scores_label(result)
         if f.heatmaps:
             maps = L.heatmap_arrays(result)
             for q, name in f.heatmaps.items():
                 if q not in maps:
-                    labels[name][sid] = None
+                    labels[name] = None
                     continue
                 p = self.output_dir / "heatmaps" / f"{sid}_{self.values[q]}.png"
-                labels[name][sid] = fo.Heatmap(
+                labels[name] = fo.Heatmap(
                     map_path=write_png_atomic(maps[q], p), range=[0, 255], query=q
                 )
+        return labels
 
     def _write(self, labels: dict[str, dict[str, Any]], errors: dict[str, str | None]) -> None:
         for name, values in labels.items():

@@ -406,3 +406,20 @@ def test_non_image_collections_are_refused(make_dataset, tiny_config) -> None:
     ds.set_values("boxes", [fo.Detections(detections=[fo.Detection(label="a")])])
     with pytest.raises(ConfigError, match="patches view"):
         segment_collection(ds.to_patches("boxes"), QUERIES, config=tiny_config, progress=False)
+
+
+def test_crf_overlap_writes_the_same_labels_as_the_sequential_run(make_dataset, tiny_config):
+    ds = make_dataset(4)
+    outputs = ["segmentation", "detections"]
+    segment_collection(ds, QUERIES, label_field="seq", config=tiny_config, progress=False,
+                       outputs=outputs)  # fmt: skip
+    segment_collection(ds, QUERIES, label_field="ovl", config=tiny_config.replace(crf_workers=2),
+                       progress=False, outputs=outputs)  # fmt: skip
+    for sample in ds:
+        np.testing.assert_array_equal(sample["seq"].mask, sample["ovl"].mask)
+        a, b = sample["seq_det"].detections, sample["ovl_det"].detections
+        assert [(d.label, d.bounding_box) for d in a] == [(d.label, d.bounding_box) for d in b]
+        assert [c.confidence for c in sample["seq_scores"].classifications] == [
+            c.confidence for c in sample["ovl_scores"].classifications
+        ]
+    assert run_info(ds, "ovl")["config"]["crf_workers"] == 2
