@@ -69,6 +69,79 @@ def test_batches_are_seeded_and_label_the_whole_vocabulary() -> None:
         assert all(name in text for name, text in zip(VOCABULARY, batch["bank"], strict=True))
 
 
+def test_classifier_mix_keeps_prompted_views_without_generating_pairs() -> None:
+    from cliprnn.mini_clip.train import keeps_pair
+    from cliprnn.scenes import training_pair
+
+    seeds = range(200)
+    kinds = {s: training_pair(s).kind for s in seeds}
+    assert all(keeps_pair(s, "all") for s in seeds)
+    kept = [s for s in seeds if keeps_pair(s, "classifier")]
+    assert all(s in kept for s in seeds if kinds[s] == "prompt")
+    share = sum(kinds[s] == "prompt" for s in kept) / len(kept)
+    assert share > 0.6 > sum(k == "prompt" for k in kinds.values()) / len(kinds)
+
+
+def test_batches_do_not_depend_on_workers_or_resuming() -> None:
+    from cliprnn.mini_clip.train import PairBatches
+
+    def first(n: int, workers: int = 0, start: int = 0) -> list[dict]:
+        data = PairBatches(5, batch=6, side=32, mix="classifier", start_step=start)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers)
+        out = []
+        for batch in loader:
+            out.append(batch)
+            if len(out) == n:
+                return out
+        return out
+
+    alone, shared, resumed = first(4), first(4, workers=2), first(2, start=2)
+    assert [b["captions"] for b in alone] == [b["captions"] for b in shared]
+    assert [b["captions"] for b in alone[2:]] == [b["captions"] for b in resumed]
+    assert torch.equal(alone[3]["pixels"], resumed[1]["pixels"])
+
+
+def test_resuming_a_checkpoint_continues_the_same_run(tmp_path: Path) -> None:
+    from cliprnn.mini_clip.train import STATE_FILE, train
+
+    tiny = dict(width=64, vision_layers=1, text_layers=1, image_size=32, projection_dim=32)
+    common = dict(batch=4, lr=1e-3, model_kwargs=tiny, log=lambda _: None, workers=0)
+    straight = train(0, 60.0, tmp_path / "a", tokenizer_dir(), max_steps=3, **common)
+    # checkpoint after every step, stop after 2 of the 3 steps' schedule, then resume
+    train(0, 60.0, tmp_path / "b", tokenizer_dir(), max_steps=3, checkpoint_minutes=0.0,
+          stop_at=2, **common)  # fmt: skip
+    state = torch.load(tmp_path / "b" / "checkpoint" / STATE_FILE, weights_only=False)
+    assert state["step"] == 2 and state["max_steps"] == 3
+    resumed = train(0, 60.0, tmp_path / "c", tokenizer_dir(), init=tmp_path / "b" / "checkpoint",
+                    resume=True, **common)  # fmt: skip
+    torch.testing.assert_close(
+        resumed.visual_projection.weight, straight.visual_projection.weight, atol=1e-6, rtol=0
+    )
+
+
+def test_a_grown_tower_starts_as_the_source_model() -> None:
+    from transformers import CLIPModel
+
+    from cliprnn.mini_clip.model import grow_vision_tower
+
+    torch.manual_seed(0)
+    source = CLIPModel(mini_clip_config(vision_layers=2, text_layers=1, image_size=32)).eval()
+    grown = grow_vision_tower(source, vision_layers=4, image_size=32).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a = source.vision_model(pixel_values=pixels)
+        b = grown.vision_model(pixel_values=pixels, output_hidden_states=True)
+    torch.testing.assert_close(b.pooler_output, a.pooler_output)
+    torch.testing.assert_close(b.hidden_states[-2], a.last_hidden_state)  # the faithful input
+    bigger = grow_vision_tower(source, vision_layers=4, image_size=48)
+    assert bigger.config.vision_config.image_size == 48
+    assert bigger.vision_model.embeddings.position_embedding.weight.shape[0] == 36 + 1
+    torch.testing.assert_close(
+        bigger.text_model.embeddings.token_embedding.weight,
+        source.text_model.embeddings.token_embedding.weight,
+    )
+
+
 def test_bank_loss_prefers_the_labelled_text() -> None:
     from cliprnn.mini_clip.train import bank_loss
 
@@ -117,6 +190,8 @@ def test_shipped_model_loads_like_a_hub_model() -> None:
 
 @shipped
 def test_mini_preset_points_at_the_shipped_folders() -> None:
+    from transformers import CLIPConfig
+
     from cliprnn.car import CaR
     from cliprnn.config import CaRConfig
 
@@ -125,6 +200,9 @@ def test_mini_preset_points_at_the_shipped_folders() -> None:
     assert Path(cfg.classifier_model) == SHIPPED[1]
     car = CaR(cfg).load()
     assert car.proposal_backend.image_size == 64
+    # the classifier is read at its own model's input size (64 px for the shipped one)
+    size = CLIPConfig.from_pretrained(SHIPPED[1]).vision_config.image_size
+    assert car.classifier_backend.image_size == size
 
 
 @shipped

@@ -22,18 +22,23 @@ def mini_clip_config(
     patch_size: int = 8,
     image_size: int = 64,
     projection_dim: int = 64,
+    text_width: int | None = None,
 ) -> CLIPConfig:
-    """A CLIPConfig in OpenAI's layout: quick_gelu, head dim 64, context 77, the CLIP BPE vocab."""
+    """A CLIPConfig in OpenAI's layout: quick_gelu, head dim 64, context 77, the CLIP BPE vocab.
+
+    ``text_width`` defaults to ``width`` (both towers equally wide).
+    """
+    text_width = text_width or width
     return clip_config(
         vision_width=width,
         vision_layers=vision_layers,
         patch_size=patch_size,
         image_size=image_size,
-        text_width=width,
+        text_width=text_width,
         text_layers=text_layers,
         projection_dim=projection_dim,
         vision_heads=width // HEAD_DIM,
-        text_heads=width // HEAD_DIM,
+        text_heads=text_width // HEAD_DIM,
         pad_token_id=1,  # what the shipped model was trained with (EOT pooling ignores it)
     )
 
@@ -77,3 +82,71 @@ def save_clip_folder(
         json.dumps(preprocessor_config(image_size), indent=2)
     )
     return folder
+
+
+def grow_vision_tower(
+    source: CLIPModel, vision_layers: int, image_size: int, patch_size: int | None = None
+) -> CLIPModel:
+    """A deeper, higher-resolution copy of ``source`` that computes the same embeddings.
+
+    The text tower, patch embedding, LayerNorms and projections are copied; the position grid
+    is resized bilinearly (as the engine does for larger inputs); blocks past the source's
+    depth start as the identity (their attention output and MLP output weights are zero), so
+    the final CLS and the penultimate CLS of the grown tower both equal the source's final CLS
+    at step 0. The starting point for training a larger classifier model (train.py --init).
+    """
+    src_v = source.config.vision_config
+    patch_size = patch_size or src_v.patch_size
+    if patch_size != src_v.patch_size:
+        raise ValueError("the patch embedding is copied: keep the source's patch size")
+    if vision_layers < src_v.num_hidden_layers:
+        raise ValueError(f"cannot shrink {src_v.num_hidden_layers} blocks to {vision_layers}")
+    config = CLIPConfig.from_dict(source.config.to_dict())
+    config.vision_config.num_hidden_layers = vision_layers
+    config.vision_config.image_size = image_size
+    grown = CLIPModel(config)
+    state = source.state_dict()
+    target = grown.state_dict()
+    key = "vision_model.embeddings.position_embedding.weight"
+    pos = state[key]
+    old, new = src_v.image_size // patch_size, image_size // patch_size
+    grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(
+        grid.float(), size=(new, new), mode="bilinear", align_corners=False
+    )
+    state = dict(state)
+    state[key] = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1)], dim=0)
+    state.pop("vision_model.embeddings.position_ids", None)
+    for name in target:
+        if name in state and state[name].shape == target[name].shape:
+            target[name] = state[name].clone()
+    for i in range(src_v.num_hidden_layers, vision_layers):
+        prefix = f"vision_model.encoder.layers.{i}."
+        for part in ("self_attn.out_proj", "mlp.fc2"):
+            target[prefix + part + ".weight"].zero_()
+            target[prefix + part + ".bias"].zero_()
+    grown.load_state_dict(target)
+    return grown
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m cliprnn.mini_clip.model grow SRC DST --vision-layers 6 --image-size 96``."""
+    import argparse
+
+    from cliprnn.assets import tokenizer_dir
+
+    ap = argparse.ArgumentParser(description="grow a miniature CLIP's image tower")
+    ap.add_argument("command", choices=("grow",))
+    ap.add_argument("source", type=Path)
+    ap.add_argument("dest", type=Path)
+    ap.add_argument("--vision-layers", type=int, required=True)
+    ap.add_argument("--image-size", type=int, required=True)
+    args = ap.parse_args(argv)
+    source = CLIPModel.from_pretrained(args.source, dtype=torch.float32)
+    grown = grow_vision_tower(source, args.vision_layers, args.image_size)
+    save_clip_folder(grown, args.dest, tokenizer_dir(), dtype=torch.float32)
+    print(f"saved {args.dest}: {args.vision_layers} blocks at {args.image_size} px")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,9 @@
 """Contrastive image-text training of the miniature CLIP on generated scenes.
 
 Run: ``python -m cliprnn.mini_clip.train --seed 0 --steps 5000 --out DIR`` (or ``--minutes M``
-for a wall-time budget). Only image-text pairs are used (no mask supervision). Three image
+for a wall-time budget); ``--role classifier`` with a larger ``--width``/``--image-size`` trains
+the classifier model. ``--init DIR/checkpoint --resume`` continues a stopped run.
+Only image-text pairs are used (no mask supervision). Three image
 embeddings are trained: the final CLS token (standard CLIP), the penultimate block's CLS token
 (what CaR's faithful classifier reads) and the mean of the final patch tokens (what CaR's
 Grad-CAM head reads). Each gets a caption InfoNCE and a cross-entropy against the whole
@@ -90,8 +92,12 @@ class TextCache:
         return input_ids, mask
 
 
-def image_embeddings(model: CLIPModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The three normalised image embeddings the loss trains (cls, penultimate cls, patch mean)."""
+def image_embeddings(
+    model: CLIPModel,
+    pixels: torch.Tensor,
+    heads: tuple[str, ...] = ("cls", "penultimate", "patch_mean"),
+) -> dict[str, torch.Tensor]:
+    """Normalised image embeddings the loss trains (cls, penultimate cls, patch mean)."""
     vm = model.vision_model
     out = vm(pixel_values=pixels, output_hidden_states=True, interpolate_pos_encoding=True)
     last, pen = out.hidden_states[-1], out.hidden_states[-2]
@@ -101,12 +107,12 @@ def image_embeddings(model: CLIPModel, pixels: torch.Tensor) -> dict[str, torch.
         "penultimate": proj(ln(pen[:, 0])),
         "patch_mean": proj(ln(last[:, 1:]).mean(dim=1)),
     }
-    return {k: F.normalize(v, dim=-1) for k, v in embs.items()}
+    return {k: F.normalize(v.float(), dim=-1) for k, v in embs.items() if k in heads}
 
 
 def text_embeddings(model: CLIPModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     out = model.text_model(input_ids=ids, attention_mask=mask)
-    return F.normalize(model.text_projection(out.pooler_output), dim=-1)
+    return F.normalize(model.text_projection(out.pooler_output).float(), dim=-1)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -119,6 +125,7 @@ def contrastive_loss(
 ) -> torch.Tensor:
     """Symmetric InfoNCE where every pair with an equal key is a positive."""
     same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+    same = same.to(img.device)
     target = same / same.sum(dim=1, keepdim=True)
     logits = scale * img @ txt.t()
     return 0.5 * (soft_cross_entropy(logits, target) + soft_cross_entropy(logits.t(), target))
@@ -143,13 +150,50 @@ def bank_loss(img: torch.Tensor, bank: torch.Tensor, targets: torch.Tensor, scal
     return soft_cross_entropy(scale * img @ bank.t(), targets)
 
 
-class PairBatches(torch.utils.data.IterableDataset):
-    """Training batches in a fixed order (one data worker keeps it deterministic)."""
+#: ``training_pair`` draws ``default_rng([seed, 7]).random()`` first and makes a prompted view
+#: when it is at least this (scenes.py); the classifier mix keeps those pairs and only some
+#: others, without generating the pairs it skips.
+PROMPTED_FROM = 0.58
 
-    def __init__(self, seed: int, batch: int, side: int, hires_every: int = 3) -> None:
+#: Pair mixes: the share of non-prompted pairs (whole scenes, crops, plain stuff) kept.
+MIXES: dict[str, float] = {"all": 1.0, "classifier": 0.35}
+
+
+def keeps_pair(seed: int, mix: str) -> bool:
+    """Whether ``mix`` trains on ``training_pair(seed)`` (decided without generating it)."""
+    share = MIXES[mix]
+    if share >= 1.0:
+        return True
+    if float(np.random.default_rng([seed, 7]).random()) >= PROMPTED_FROM:
+        return True
+    return float(np.random.default_rng([seed, 11]).random()) < share
+
+
+class PairBatches(torch.utils.data.IterableDataset):
+    """Training batches in a fixed order, whatever the number of data workers.
+
+    Every worker replays the whole (cheap) schedule of seeds and templates and builds only its
+    own steps (step % workers == worker id); the DataLoader interleaves them in step order.
+    ``start_step`` skips the first steps (resuming a run). ``mix`` picks the pair mix (MIXES).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        batch: int,
+        side: int,
+        hires_every: int = 3,
+        mix: str = "all",
+        start_step: int = 0,
+    ) -> None:
+        if mix not in MIXES:
+            raise ValueError(f"mix must be one of {sorted(MIXES)}, got {mix!r}")
         self.seed, self.batch, self.side, self.hires_every = seed, batch, side, hires_every
+        self.mix, self.start_step = mix, start_step
 
     def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng(self.seed)
         next_seed = int(rng.integers(0, TRAIN_SEED_LIMIT))
         index = {name: i for i, name in enumerate(VOCABULARY)}
@@ -158,17 +202,24 @@ class PairBatches(torch.utils.data.IterableDataset):
             # every few steps a third of a batch at twice the side: the CAM's resolution
             hires = self.hires_every > 0 and step % self.hires_every == self.hires_every - 1
             n = self.batch // 3 if hires else self.batch
-            step += 1
-            pairs = [training_pair((next_seed + i) % TRAIN_SEED_LIMIT) for i in range(n)]
-            next_seed = (next_seed + n) % TRAIN_SEED_LIMIT
-            targets = torch.zeros(n, len(VOCABULARY))
-            for row, pair in enumerate(pairs):
-                for label in pair.labels:
-                    targets[row, index[label]] = 1.0 / len(pair.labels)
+            seeds = []
+            while len(seeds) < n:
+                if keeps_pair(next_seed, self.mix):
+                    seeds.append(next_seed)
+                next_seed = (next_seed + 1) % TRAIN_SEED_LIMIT
             templates = [
                 str(rng.choice(CAPTION_TEMPLATES if i < len(CLASSES) else STUFF_TEMPLATES))
                 for i in range(len(VOCABULARY))
             ]
+            mine = step >= self.start_step and (step - self.start_step) % workers == wid
+            step += 1
+            if not mine:
+                continue
+            pairs = [training_pair(s) for s in seeds]
+            targets = torch.zeros(n, len(VOCABULARY))
+            for row, pair in enumerate(pairs):
+                for label in pair.labels:
+                    targets[row, index[label]] = 1.0 / len(pair.labels)
             yield {
                 "pixels": to_pixels(
                     [p.image for p in pairs], 2 * self.side if hires else self.side
@@ -178,6 +229,20 @@ class PairBatches(torch.utils.data.IterableDataset):
                 "targets": targets,
                 "bank": [t.format(name) for t, name in zip(templates, VOCABULARY, strict=True)],
             }
+
+
+#: Image embeddings trained by default; the classifier model needs only the CLS ones.
+HEADS: tuple[str, ...] = ("cls", "penultimate", "patch_mean")
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+STATE_FILE = "train_state.pt"
 
 
 def train(
@@ -192,20 +257,37 @@ def train(
     model_kwargs: dict | None = None,
     init: Path | None = None,
     log: Callable[[str], None] = print,
+    *,
+    device: str = "cpu",
+    workers: int = 1,
+    mix: str = "all",
+    heads: tuple[str, ...] = HEADS,
+    hires_every: int = 3,
+    checkpoint_minutes: float = 5.0,
+    resume: bool = False,
+    stop_at: int | None = None,
 ) -> CLIPModel:
-    """Train for ``minutes`` of wall time (or ``max_steps``); checkpoint to ``out`` every 5 min.
+    """Train for ``minutes`` of wall time (or ``max_steps``); checkpoint to ``out`` regularly.
 
-    Each image embedding gets two contrastive losses: InfoNCE against the batch's captions
-    (pairs with equal keys are positives) and cross-entropy against the whole vocabulary.
+    Each image embedding in ``heads`` gets two contrastive losses: InfoNCE against the batch's
+    captions (pairs with equal keys are positives) and cross-entropy against the whole
+    vocabulary. ``out/checkpoint`` (fp32 weights plus ``train_state.pt``: optimizer, step) is
+    rewritten every ``checkpoint_minutes``. ``init`` starts from a saved model (a fresh
+    schedule); with ``resume`` and a checkpoint folder as ``init``, the run continues where
+    that checkpoint stopped (same schedule, optimizer state, next batches). The same code runs
+    on CUDA (``device="cuda"``, bfloat16 autocast) with more data ``workers``. ``stop_at``
+    stops at that step without changing the schedule (an interrupted run, for tests).
     """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    if init is not None:  # continue from a saved model (a fresh schedule, same objective)
+    dev = pick_device(device)
+    if init is not None:
         model = CLIPModel.from_pretrained(init, dtype=torch.float32)
     else:
         model = CLIPModel(mini_clip_config(**(model_kwargs or {})))
         with torch.no_grad():  # a sharper start than CLIP's 1/0.07 learns faster on small data
             model.logit_scale.fill_(math.log(20.0))
+    model.to(dev)
     model.vision_model.embeddings.interpolate_pos_encoding = bilinear_pos_encoding(
         model.vision_model.embeddings
     )
@@ -218,34 +300,70 @@ def train(
         betas=(0.9, 0.98),
         eps=1e-6,
     )
+    step, seen, spent = 0, 0, 0.0
+    state_path = Path(init) / STATE_FILE if init is not None else None
+    if resume:
+        if state_path is None or not state_path.exists():
+            raise SystemExit(f"--resume needs a checkpoint folder with {STATE_FILE} as --init")
+        state = torch.load(state_path, map_location=dev, weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        step, seen, spent = state["step"], state["seen"], state["seconds"]
+        max_steps = state["max_steps"] if max_steps is None else max_steps
+        log(f"resumed at step {step} ({seen} pairs, {spent:.0f}s)")
     batches = torch.utils.data.DataLoader(
-        PairBatches(seed, batch, model.config.vision_config.image_size),
+        PairBatches(
+            seed,
+            batch,
+            model.config.vision_config.image_size,
+            hires_every=hires_every,
+            mix=mix,
+            start_step=step,
+        ),
         batch_size=None,
-        num_workers=1,
-        prefetch_factor=4,
+        num_workers=workers,
+        prefetch_factor=4 if workers > 0 else None,
+        pin_memory=dev.type == "cuda",
     )
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    def checkpoint() -> None:
+        folder = save_clip_folder(model, out / "checkpoint", tokenizer_dir, dtype=torch.float32)
+        torch.save(
+            {
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "seen": seen,
+                "seconds": spent + time.time() - start,
+                "max_steps": max_steps,
+                "seed": seed,
+            },
+            folder / STATE_FILE,
+        )
+        log(f"checkpoint at step {step}")
+
     budget = minutes * 60.0
     start = last_ckpt = time.time()
-    step, seen = 0, 0
     for data in batches:
         elapsed = time.time() - start
         if elapsed >= budget or (max_steps is not None and step >= max_steps):
+            break
+        if stop_at is not None and step >= stop_at:
             break
         seen += len(data["keys"])
         # a step budget makes the schedule (and so the run) independent of machine speed
         progress = step / max_steps if max_steps else elapsed / budget
         for g in opt.param_groups:
             g["lr"] = lr_at(progress, lr)
-        imgs = image_embeddings(model, data["pixels"])
         n = len(data["captions"])
         ids, mask = tokens(data["captions"] + data["bank"])
-        txt = text_embeddings(model, ids, mask)
+        with autocast:
+            imgs = image_embeddings(model, data["pixels"].to(dev, non_blocking=True), heads)
+            txt = text_embeddings(model, ids.to(dev), mask.to(dev))
         captions, bank = txt[:n], txt[n:]
+        targets = data["targets"].to(dev)
         scale = model.logit_scale.exp().clamp(max=100)
         losses = {k: contrastive_loss(v, captions, data["keys"], scale) for k, v in imgs.items()}
-        losses.update(
-            {f"{k}_bank": bank_loss(v, bank, data["targets"], scale) for k, v in imgs.items()}
-        )
+        losses.update({f"{k}_bank": bank_loss(v, bank, targets, scale) for k, v in imgs.items()})
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -256,19 +374,20 @@ def train(
         if step % 50 == 0:
             parts = " ".join(f"{k}={v.item():.3f}" for k, v in losses.items())
             log(
-                f"step {step} t={elapsed:.0f}s seen={seen} "
+                f"step {step} t={spent + elapsed:.0f}s seen={seen} "
                 f"loss={loss.item():.3f} {parts} scale={scale.item():.1f} "
                 f"lr={opt.param_groups[0]['lr']:.2e}"
             )
-        if time.time() - last_ckpt > 300:
-            save_clip_folder(model, out / "checkpoint", tokenizer_dir, dtype=torch.float32)
-            last_ckpt = time.time()
-            log(f"checkpoint at step {step}")
         step += 1
-    log(f"done: {step} steps, {seen} pairs, {time.time() - start:.0f}s")
-    stats = {"steps": step, "pairs": seen, "train_seconds": round(time.time() - start, 1)}
+        if time.time() - last_ckpt > 60.0 * checkpoint_minutes:
+            checkpoint()
+            last_ckpt = time.time()
+    total = spent + time.time() - start
+    log(f"done: {step} steps, {seen} pairs, {total:.0f}s")
+    stats = {"steps": step, "pairs": seen, "train_seconds": round(total, 1)}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "train_stats.json").write_text(json.dumps(stats))
-    return model
+    return model.cpu()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,10 +400,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokenizer", type=Path, default=tokenizer_dir())
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--init", type=Path, help="continue training from this CLIPModel folder")
+    ap.add_argument("--init", type=Path, help="start from this CLIPModel folder")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --init OUT/checkpoint: continue that run (its step, schedule and optimizer)",
+    )
+    ap.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    ap.add_argument("--workers", type=int, default=1, help="data worker processes")
+    ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     ap.add_argument("--width", type=int, default=64, help="width of both towers (x64 = heads)")
+    ap.add_argument("--text-width", type=int, default=None, help="text tower width (= --width)")
+    ap.add_argument("--vision-layers", type=int, default=4)
+    ap.add_argument("--text-layers", type=int, default=4)
+    ap.add_argument("--patch", type=int, default=8, help="patch size of the image tower")
+    ap.add_argument("--projection-dim", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=64, help="the image tower's input side")
+    ap.add_argument(
+        "--role",
+        choices=("both", "classifier"),
+        default="both",
+        help="classifier: prompted-view-heavy pairs (MIXES), the CLS heads only, no 2x batches",
+    )
     ap.add_argument("--batch", type=int, default=96)
     ap.add_argument(
         "--steps",
@@ -302,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
 
         log(
             f"train: seed={args.seed} minutes={args.minutes} steps={args.steps} "
-            f"torch={torch.__version__}"
+            f"role={args.role} torch={torch.__version__} args={vars(args)}"
         )
         start = time.time()
         model = train(
@@ -315,12 +453,31 @@ def main(argv: list[str] | None = None) -> None:
             lr=args.lr,
             init=args.init,
             batch=args.batch,
-            model_kwargs={"width": args.width, "image_size": args.image_size},
+            model_kwargs={
+                "width": args.width,
+                "text_width": args.text_width,
+                "vision_layers": args.vision_layers,
+                "text_layers": args.text_layers,
+                "patch_size": args.patch,
+                "projection_dim": args.projection_dim,
+                "image_size": args.image_size,
+            },
             log=log,
+            device=args.device,
+            workers=args.workers,
+            checkpoint_minutes=args.checkpoint_minutes,
+            resume=args.resume,
+            **(
+                {"mix": "classifier", "heads": ("cls", "penultimate"), "hires_every": 0}
+                if args.role == "classifier"
+                else {}
+            ),
         )
-        for role in ("proposal", "classifier"):
+        roles = ("classifier",) if args.role == "classifier" else ("proposal", "classifier")
+        for role in roles:
             save_clip_folder(model, args.out / role, args.tokenizer)
         info = {
+            "role": args.role,
             "seed": args.seed,
             "minutes": args.minutes,
             "max_steps": args.steps,
