@@ -85,3 +85,32 @@ def make_dataset(scene_files: list[Path]):
     for ds in made:
         if fo.dataset_exists(ds.name):
             fo.delete_dataset(ds.name)
+
+
+@pytest.fixture(scope="session")
+def scenes_dataset():
+    """Factory: ``scenes_dataset(folder, seeds, (H, W), name)``, see :func:`_scenes_dataset`."""
+    return _scenes_dataset
+
+
+def _scenes_dataset(folder: Path, seeds, size: tuple[int, int], name: str):
+    """A persistent dataset of generated scenes (PNG files in ``folder``, ``size`` = (H, W))
+    with their exact ``ground_truth`` masks and its mask targets (the App needs it saved)."""
+    import numpy as np
+    from PIL import Image
+
+    from cliprnn.scenes import CLASSES, generate_scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for seed in seeds:
+        scene = generate_scene(seed, size=size)
+        path = folder / f"scene_{seed}.png"
+        Image.fromarray(scene.image).save(path)
+        gt = fo.Segmentation(mask=scene.label_map.astype(np.uint8))
+        samples.append(fo.Sample(filepath=str(path), ground_truth=gt))
+    ds = fo.Dataset(f"{name}-{uuid.uuid4().hex[:8]}", persistent=True)
+    ds.add_samples(samples)
+    ds.mask_targets = {"ground_truth": {i + 1: n for i, n in enumerate(CLASSES)}}
+    ds.save()
+    return ds

@@ -8,7 +8,6 @@ import json
 import os
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import annotate_driver as ad
@@ -34,24 +33,9 @@ def _post(base: str, path: str, body: dict, timeout: float = 120) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def app_dataset(tmp_root: Path):
+def app_dataset(tmp_root: Path, scenes_dataset):
     """A persistent dataset of four 128×128 scenes with ground truth (the App needs it saved)."""
-    from PIL import Image
-
-    from cliprnn.scenes import CLASSES, generate_scene
-
-    folder = tmp_root / "app-scenes"
-    folder.mkdir(exist_ok=True)
-    samples = []
-    for seed in range(4):
-        scene = generate_scene(2000 + seed, size=(128, 128))
-        path = folder / f"scene_{seed}.png"
-        Image.fromarray(scene.image).save(path)
-        gt = fo.Segmentation(mask=scene.label_map.astype(np.uint8))
-        samples.append(fo.Sample(filepath=str(path), ground_truth=gt))
-    ds = fo.Dataset(f"cliprnn-app-{uuid.uuid4().hex[:8]}", persistent=True)
-    ds.add_samples(samples)
-    ds.mask_targets = {"ground_truth": {i + 1: n for i, n in enumerate(CLASSES)}}
+    ds = scenes_dataset(tmp_root / "app-scenes", range(2000, 2004), (128, 128), "cliprnn-app")
     ds.app_config.color_scheme = fo.ColorScheme(color_by="value")
     ds.save()
     yield ds

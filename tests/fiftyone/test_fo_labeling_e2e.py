@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from pathlib import Path
 
 import annotate_driver as ad
@@ -39,25 +38,9 @@ def shots(tmp_root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def loop_dataset(tmp_root: Path):
-    from PIL import Image
-
-    from cliprnn.scenes import CLASSES, generate_scene
-
-    folder = tmp_root / "loop-scenes"
-    folder.mkdir(exist_ok=True)
-    samples = []
-    for seed in SEEDS:
-        scene = generate_scene(seed, size=(SIZE[1], SIZE[0]))
-        path = folder / f"scene_{seed}.png"
-        Image.fromarray(scene.image).save(path)
-        gt = fo.Segmentation(mask=scene.label_map.astype(np.uint8))
-        samples.append(fo.Sample(filepath=str(path), ground_truth=gt))
-    ds = fo.Dataset(f"cliprnn-loop-{uuid.uuid4().hex[:8]}", persistent=True)
-    ds.add_samples(samples)
+def loop_dataset(tmp_root: Path, scenes_dataset):
+    ds = scenes_dataset(tmp_root / "loop-scenes", SEEDS, SIZE[::-1], "cliprnn-loop")
     ds.compute_metadata()
-    ds.mask_targets = {"ground_truth": {i + 1: n for i, n in enumerate(CLASSES)}}
-    ds.save()
     yield ds
     fo.delete_dataset(ds.name)
 
