@@ -249,15 +249,16 @@ def canvas(page):
 
 
 def image_rect(page, image_size: tuple[int, int]) -> dict:
-    """Where the image lies on the page: the canvas box letterboxed to the image's aspect.
+    """Where the image lies on the page: the modal's media box (Annotate's canvas, or
+    Explore's) letterboxed to the image's aspect.
 
     Returns ``{"x", "y", "scale"}``: page = (x + px * scale, y + py * scale). Valid at the
     App's initial zoom (do not zoom or pan first).
     """
     w, h = image_size
-    box = canvas(page).bounding_box()
+    box = _media_box(page)
     if box is None:
-        raise RuntimeError("the Annotate canvas is not visible")
+        raise RuntimeError("the modal shows no media")
     scale = min(box["width"] / w, box["height"] / h)
     return {
         "x": box["x"] + (box["width"] - w * scale) / 2,
@@ -374,3 +375,26 @@ def detection_image_mask(detection, image_size: tuple[int, int]):
 
     w, h = image_size
     return instance_pixels(detection, (h, w))
+
+
+# ------------------------------------------------------------------------------ operator forms
+def pick_option(page, prompt, label: str, option: str) -> None:
+    """In an operator form, open the dropdown that follows the text ``label``, choose
+    ``option``."""
+    prompt.get_by_text(label, exact=True).first.locator(
+        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
+    ).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(500)
+
+
+def field_after(prompt, label: str, tag: str = "input"):
+    """The first ``tag`` element after the text ``label`` (form fields carry no test ids)."""
+    return prompt.get_by_text(label).first.locator(f"xpath=following::{tag}[1]")
+
+
+def mini_shipped() -> bool:
+    """Whether the bundled miniature CLIP (the offline preset the forms offer) is installed."""
+    from cliprnn.assets import mini_model_paths
+
+    return all((p / "config.json").is_file() for p in mini_model_paths())

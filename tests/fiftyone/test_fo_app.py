@@ -235,12 +235,6 @@ def browser_page(app_server):
         yield page, sync_api.expect, errors
 
 
-def _mini_shipped() -> bool:
-    from cliprnn.assets import mini_model_paths
-
-    return all((p / "config.json").is_file() for p in mini_model_paths())
-
-
 @pytest.fixture(scope="module")
 def shots_dir(tmp_root: Path) -> Path:
     chosen = os.environ.get(SHOTS_ENV)
@@ -276,11 +270,13 @@ def test_app_runs_segment_on_selected_sample(
     expect(prompt.get_by_text("Current selection").first).to_be_visible()
 
     # the dataset's own classes, pre-filled from the ground truth's mask targets
-    _pick(page, prompt, "Classes from the dataset", "Mask targets of 'ground_truth'")
+    ad.pick_option(page, prompt, "Classes from the dataset", "Mask targets of 'ground_truth'")
     expect(prompt.get_by_text("white diamond", exact=True)).to_be_visible(timeout=15_000)
-    mini = _mini_shipped()
+    mini = ad.mini_shipped()
     if mini:  # the bundled model: no settings to type
-        _pick(page, prompt, "Preset", "Bundled miniature CLIP (offline, for demos and tests)")
+        ad.pick_option(
+            page, prompt, "Preset", "Bundled miniature CLIP (offline, for demos and tests)"
+        )
     page.wait_for_timeout(500)
     execute = prompt.get_by_role("button", name="Execute", exact=True)
     expect(execute).to_be_enabled(timeout=15_000)
@@ -288,9 +284,9 @@ def test_app_runs_segment_on_selected_sample(
     if not mini:
         prompt.get_by_text("Advanced settings", exact=True).click()
         page.wait_for_timeout(1000)
-        _input_after(prompt, "Proposal CLIP").fill(tiny_config.proposal_model)
-        _input_after(prompt, "Classifier CLIP").fill(tiny_config.classifier_model)
-    _input_after(prompt, "Output field").fill("car_app")
+        ad.field_after(prompt, "Proposal CLIP").fill(tiny_config.proposal_model)
+        ad.field_after(prompt, "Classifier CLIP").fill(tiny_config.classifier_model)
+    ad.field_after(prompt, "Output field").fill("car_app")
     expect(execute).to_be_enabled(timeout=15_000)
     execute.click()
 
@@ -319,17 +315,3 @@ def test_app_runs_segment_on_selected_sample(
     page.screenshot(path=str(shots_dir / "segment_result.png"))
     page.keyboard.press("Escape")
     assert not errors, errors
-
-
-def _pick(page, prompt, label: str, option: str) -> None:
-    """Open the dropdown that follows the text ``label`` and choose ``option``."""
-    prompt.get_by_text(label, exact=True).first.locator(
-        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
-    ).click()
-    page.get_by_role("option", name=option, exact=True).click()
-    page.wait_for_timeout(500)
-
-
-def _input_after(prompt, label: str):
-    """The first input following the text ``label`` in the form (fields carry no test ids)."""
-    return prompt.get_by_text(label).first.locator("xpath=following::input[1]")

@@ -61,24 +61,6 @@ def app(loop_dataset, plugins_dir: Path, tmp_root: Path):
         yield base, page, errors
 
 
-def _mini_shipped() -> bool:
-    from cliprnn.assets import mini_model_paths
-
-    return all((p / "config.json").is_file() for p in mini_model_paths())
-
-
-def _pick(page, prompt, label: str, option: str) -> None:
-    prompt.get_by_text(label, exact=True).first.locator(
-        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
-    ).click()
-    page.get_by_role("option", name=option, exact=True).click()
-    page.wait_for_timeout(500)
-
-
-def _after(prompt, label: str, tag: str = "input"):
-    return prompt.get_by_text(label).first.locator(f"xpath=following::{tag}[1]")
-
-
 def _open_operator(page, expect, name: str):
     scope = ad.modal(page) if ad.modal(page).count() else page.get_by_test_id("fo-grid-actions")
     scope.get_by_test_id("action-browse-operations").click()
@@ -154,10 +136,10 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
     expect(page.get_by_test_id("action-manage-selected")).to_contain_text("2")
     prompt = _open_operator(page, expect, "Segment with text (CLIP as RNN)")
     expect(prompt.get_by_text("Current selection").first).to_be_visible(timeout=60_000)
-    _pick(page, prompt, "Classes from the dataset", "Mask targets of 'ground_truth'")
+    ad.pick_option(page, prompt, "Classes from the dataset", "Mask targets of 'ground_truth'")
     expect(prompt.get_by_text("white diamond", exact=True)).to_be_visible(timeout=15_000)
-    _after(prompt, "Text queries", "textarea").fill(FREE_TEXT)
-    if not _mini_shipped():
+    ad.field_after(prompt, "Text queries", "textarea").fill(FREE_TEXT)
+    if not ad.mini_shipped():
         pytest.skip("the bundled miniature CLIP is not shipped")
     expect(prompt.get_by_text("Bundled miniature CLIP", exact=False).first).to_be_visible()
     execute = prompt.get_by_role("button", name="Execute", exact=True)
@@ -238,7 +220,7 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
             cb.click()
     page.wait_for_timeout(1500)
     (xa, ya), (xb, _) = brush_pts
-    probe = _explore_point(page, ((xa + xb) / 2, ya))
+    probe = ad.image_to_page(page, ((xa + xb) / 2, ya), SIZE)
     page.mouse.move(probe[0] - 3, probe[1])
     page.mouse.move(*probe, steps=3)
     # the tooltip names the class under the pointer: the edited instance's, not the old one
@@ -262,21 +244,6 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
     # draws correctly all the same (the tooltip check above), so only that one is tolerated.
     app_internal = "Cannot perform Construct on a detached ArrayBuffer"
     assert not [e for e in errors if app_internal not in e], errors
-
-
-def _explore_point(page, point: tuple[float, float]) -> tuple[float, float]:
-    """Page coordinates of an image pixel in the modal's media (letterboxed to the image)."""
-    box = None
-    for tid in ("lighter-sample-renderer-canvas", "sample-canvas", "modal-looker-container"):
-        loc = ad.modal(page).get_by_test_id(tid)
-        if loc.count() and loc.first.is_visible():
-            box = loc.first.bounding_box()
-            break
-    assert box is not None, "the modal shows no media"
-    scale = min(box["width"] / SIZE[0], box["height"] / SIZE[1])
-    x = box["x"] + (box["width"] - SIZE[0] * scale) / 2 + point[0] * scale
-    y = box["y"] + (box["height"] - SIZE[1] * scale) / 2 + point[1] * scale
-    return x, y
 
 
 def _nth(ds, sid: str, det: fo.Detection) -> int:

@@ -379,6 +379,15 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.2, log=lambda
     raise AssertionError(f"timed out waiting for {what}\n{log()}")
 
 
+def _reference_run(ds: fo.Dataset, tiny_config) -> None:
+    """One uninterrupted run into ``ref`` with the settings the worker tests queue."""
+    segment_collection(
+        ds, QUERIES, label_field="ref", outputs=OUTPUTS, progress=False,
+        config=dict(preset="voc", proposal_model=tiny_config.proposal_model,
+                    classifier_model=tiny_config.classifier_model, device="cpu", crf=True),
+    )  # fmt: skip
+
+
 def _op_states(ops: list[str]) -> list[str]:
     svc = DelegatedOperationService()
     return [svc.get(ObjectId(o)).run_state for o in ops]
@@ -416,11 +425,7 @@ def test_scheduled_sharded_run_on_two_workers(dataset_of, tiny_config, workers) 
     assert _op_states([queued.result["id"]]) == [ExecutionRunState.COMPLETED]
 
     # the reference: one uninterrupted run with the same settings
-    segment_collection(
-        ds, QUERIES, label_field="ref", outputs=OUTPUTS, progress=False,
-        config=dict(preset="voc", proposal_model=tiny_config.proposal_model,
-                    classifier_model=tiny_config.classifier_model, device="cpu", crf=True),
-    )  # fmt: skip
+    _reference_run(ds, tiny_config)
     ds.reload()
     assert ds.count("car") == 8
     assert_same_labels(ds, "car", "ref")
@@ -475,11 +480,7 @@ def test_killed_worker_is_resumed_to_the_uninterrupted_result(
     wait_for(lambda: _ended(out["operations"]), 180, "the resumed job", log=logs)
     assert _op_states(out["operations"]) == [ExecutionRunState.COMPLETED], survivor.output
 
-    segment_collection(
-        ds, QUERIES, label_field="ref", outputs=OUTPUTS, progress=False,
-        config=dict(preset="voc", proposal_model=tiny_config.proposal_model,
-                    classifier_model=tiny_config.classifier_model, device="cpu", crf=True),
-    )  # fmt: skip
+    _reference_run(ds, tiny_config)
     ds.reload()
     assert_same_labels(ds, "car", "ref")
     status = run_status(ds, "car")
