@@ -189,7 +189,7 @@ def rebuild_instances(
     else:
         ds.add_sample_field(det_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
     targets = {int(k): v for k, v in ds.mask_targets.get(label_field, {}).items()}
-    scores_field = L.output_fields(label_field, ["segmentation"], {}).scores
+    scores_field = L.scores_field(label_field)
     has_scores = ds.has_field(scores_field)
     fields = [label_field, det_field] + ([scores_field] if has_scores else [])
     view = sample_collection.exists(label_field).select_fields(fields)
@@ -283,7 +283,7 @@ def edit_mask_classes(
         table[old] = new
     det_field = f"{label_field}_det"
     has_det = ds._is_label_field(det_field, fo.Detections) if ds.has_field(det_field) else False
-    scores_field = L.output_fields(label_field, ["segmentation"], {}).scores
+    scores_field = L.scores_field(label_field)
     has_scores = ds.has_field(scores_field)
     fields = [label_field] + [
         f for f, has in ((det_field, has_det), (scores_field, has_scores)) if has

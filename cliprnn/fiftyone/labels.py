@@ -68,6 +68,11 @@ class OutputFields:
         return [n for n in names if n]
 
 
+def scores_field(label_field: str) -> str:
+    """The field holding every query's score for the run that writes ``label_field``."""
+    return f"{label_field}_scores"
+
+
 def output_fields(
     label_field: str, outputs: Sequence[str], values: Mapping[str, int]
 ) -> OutputFields:
@@ -94,7 +99,7 @@ def output_fields(
             used.add(name)
             heat[query] = name
     return OutputFields(
-        label_field, seg, det, heat, f"{label_field}_error", f"{label_field}_scores"
+        label_field, seg, det, heat, f"{label_field}_error", scores_field(label_field)
     )
 
 
