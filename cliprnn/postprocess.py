@@ -26,7 +26,9 @@ def crf_image(
     truncation toward zero and wrap-around (-3.5 -> 253). Clean mode passes the RGB image.
     """
     if not faithful:
-        return np.ascontiguousarray(image, dtype=np.uint8)
+        out = np.ascontiguousarray(image, dtype=np.uint8)
+        # pydensecrf needs a writable buffer; images decoded from files are read-only views
+        return out if out.flags.writeable else out.copy()
     shifted = image[:, :, ::-1].astype(np.float32) - np.asarray(mean_bgr, np.float32)
     wrapped = np.trunc(shifted).astype(np.int64) % 256
     return np.ascontiguousarray(wrapped.astype(np.uint8))

@@ -181,6 +181,11 @@ def test_crf_bilateral_image_mean_subtracted_with_uint8_wrap_vs_rgb() -> None:
         config = CaRConfig(faithful=faithful, crf_iterations=1)
         _, extras = crf_masks(image, proposals, config)
         np.testing.assert_array_equal(extras["crf_image"], expected if faithful else image)
+    # an image decoded from a file is a read-only view: the CRF still runs on it
+    image.setflags(write=False)
+    for faithful in MODES:
+        masks, _ = crf_masks(image, proposals, CaRConfig(faithful=faithful, crf_iterations=1))
+        assert masks.shape == (1, 1, 2)
 
 
 # ------------------------------------------------------------------ gray prompt
