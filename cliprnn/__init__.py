@@ -1,12 +1,14 @@
 """cliprnn: CLIP as RNN (CaR) open-vocabulary segmentation with frozen CLIP models.
 
-Public API: :class:`CaR`, :class:`CaRConfig`, :class:`CaRResult`, :func:`convert_openai_checkpoint`.
+Public API: :class:`CaR`, :class:`CaRConfig`, :class:`CaRResult`, :class:`Exemplars` (a query
+made of example images), :func:`convert_openai_checkpoint`.
 The FiftyOne layer lives in :mod:`cliprnn.fiftyone` (imported only on demand).
 """
 
 from cliprnn.car import CaR
 from cliprnn.config import PRESETS, CaRConfig
 from cliprnn.errors import CaRError, ConfigError, ImageError, ModelLoadError, QueryError
+from cliprnn.exemplars import Exemplars
 from cliprnn.result import CaRResult, StepTrace
 
 __version__ = "0.1.0"
@@ -18,6 +20,7 @@ __all__ = [
     "CaRError",
     "CaRResult",
     "ConfigError",
+    "Exemplars",
     "ImageError",
     "ModelLoadError",
     "QueryError",

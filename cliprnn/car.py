@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from cliprnn.postprocess import CrfFunction
 
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
+Query = Any  # str | cliprnn.exemplars.Exemplars
+
+#: Said when exemplar queries switch a faithful configuration to clean mode.
+EXEMPLARS_CLEAN = (
+    "exemplar queries run in clean mode (faithful=False): the reference code has no exemplar "
+    "queries, so this call's text queries are scored the clean way too"
+)
 
 #: Above this many queries a uint8 label map cannot hold every class.
 MAX_QUERIES = 65535
@@ -48,6 +55,7 @@ class PreparedImage:
     passes: list[tuple[list[int], _PassOutput, float]]  # (query indices, output, bg_factor)
     stuff_first: bool  # a stuff pass ran: paint it first
     steps: int
+    clean_twin: bool  # prepared by the clean twin (exemplar queries under a faithful config)
     trace: list[StepTrace] | None
     timings: dict[str, float]
     warnings: list[str]
@@ -82,6 +90,7 @@ class CaR:
         self._classifier = None
         self._sam = None
         self._sam_lock = threading.Lock()  # finish() may run on several threads
+        self._twin: CaR | None = None  # clean-mode twin for exemplar queries (faithful config)
         #: Benchmarks only: keep the first ``forced_schedule[step]`` live queries at each step
         #: instead of thresholding (random weights make the real schedule arbitrary).
         self.forced_schedule: list[int] | None = None
@@ -145,6 +154,17 @@ class CaR:
             self._sam = SamRefiner.from_config(self.config, device=self.device)
         return self._sam
 
+    def clean_twin(self) -> CaR:
+        """This CaR in clean mode, sharing its models: it runs calls with exemplar queries."""
+        if self._twin is None:
+            twin = CaR(self.config.replace(faithful=False))
+            twin._proposal_backend = self.proposal_backend
+            twin._classifier_backend = self.classifier_backend
+            twin._sam = self.sam
+            self._twin = twin
+        self._twin.forced_schedule = self.forced_schedule
+        return self._twin
+
     def load(self) -> CaR:
         """Load every model now (raising ModelLoadError early) and return self."""
         _ = self.proposal_generator, self.classifier, self.sam
@@ -154,12 +174,17 @@ class CaR:
     def segment(
         self,
         image: ImageLike,
-        queries: Sequence[str],
+        queries: Sequence[Query],
         *,
         stuff: Sequence[str] | None = None,
         trace: bool = False,
     ) -> CaRResult:
         """Segment ``image`` for ``queries``; ``stuff`` marks background-like queries.
+
+        A query is a string or a :class:`cliprnn.exemplars.Exemplars` (example images, named
+        by its ``name`` in the result); both kinds compete in one recurrence. Exemplar queries
+        run in clean mode: under a faithful configuration the call runs on :meth:`clean_twin`
+        and says so in ``result.warnings``.
 
         ``stuff`` (default ``config.stuff_queries``) runs the paper's thing/stuff passes: stuff
         queries are segmented in their own pass and painted first, things on top.
@@ -178,7 +203,7 @@ class CaR:
     def prepare(
         self,
         image: ImageLike,
-        queries: Sequence[str],
+        queries: Sequence[Query],
         *,
         stuff: Sequence[str] | None = None,
         trace: bool = False,
@@ -188,12 +213,23 @@ class CaR:
         Raises what ``segment`` raises. The returned object holds plain arrays only; hand it to
         :meth:`finish` (from any thread) for the CRF, optional SAM refinement and the label map.
         """
+        from cliprnn.exemplars import split_queries
         from cliprnn.imageio import inference_size, load_image, resize_image
 
+        query_names, exemplars = split_queries(queries)
+        if exemplars and self.config.faithful:
+            prepared = self.clean_twin().prepare(image, queries, stuff=stuff, trace=trace)
+            prepared.clean_twin = True
+            prepared.warnings.append(EXEMPLARS_CLEAN)
+            return prepared
         timings: dict[str, float] = {}
         self.load()
-        normalized = self._normalize(queries)
+        normalized = self._normalize(query_names)
         names = normalized.queries
+        if exemplars:
+            with timed(timings, "exemplars"):
+                for ex in exemplars.values():
+                    ex.key()  # unreadable exemplars fail before the image is read
         with timed(timings, "decode"):
             full = load_image(image)
         height, width = full.shape[:2]
@@ -213,13 +249,15 @@ class CaR:
         passes = []
         if thing_idx:
             thing_bg = (
-                [names[i] for i in stuff_idx]
+                [names[i] for i in stuff_idx if names[i] not in exemplars]
                 if stuff_idx and self.config.mutual_background
                 else normalized.background
             )
             passes.append((thing_idx, thing_bg, self.config.visual_prompts, self.config.bg_factor))
         if stuff_idx:
-            stuff_bg = [names[i] for i in thing_idx] or normalized.background
+            stuff_bg = [
+                names[i] for i in thing_idx if names[i] not in exemplars
+            ] or normalized.background
             passes.append(
                 (stuff_idx, stuff_bg, self.config.stuff_visual_prompts, self.config.stuff_bg_factor)
             )
@@ -229,8 +267,9 @@ class CaR:
                 with timed(timings, "dense"):
                     state = self.proposal_generator.prepare(work)
             out = self._recurrence(
-                work, [names[i] for i in idx], background, prompts, state, trace, timings
-            )
+                work, [names[i] for i in idx], background, prompts, state, trace, timings,
+                exemplars,
+            )  # fmt: skip
             steps = max(steps, out.steps)
             traces.extend(out.trace)
             outputs.append((idx, out, bg_factor))
@@ -241,6 +280,7 @@ class CaR:
             passes=outputs,
             stuff_first=bool(stuff_idx),
             steps=steps,
+            clean_twin=False,
             trace=traces if trace else None,
             timings=timings,
             warnings=list(normalized.warnings),
@@ -253,6 +293,8 @@ class CaR:
         (SAM, when configured, is serialised by a lock). ``crf_fn`` stands in for
         ``cliprnn.postprocess.dense_crf`` (``segment_stream`` runs it in a worker process).
         """
+        if prepared.clean_twin and self.config.faithful:
+            return self.clean_twin().finish(prepared, crf_fn=crf_fn)
         work = prepared.image
         names = prepared.queries
         timings = prepared.timings
@@ -302,7 +344,7 @@ class CaR:
         )
 
     # ------------------------------------------------------------------ stages
-    def _normalize(self, queries: Sequence[str]) -> Any:
+    def _normalize(self, queries: Sequence[Any]) -> Any:
         from cliprnn.queries import normalize_queries
 
         tokenizer = self.proposal_backend.tokenizer if self._proposal_backend else None
@@ -331,6 +373,7 @@ class CaR:
         state: Any,
         trace: bool,
         timings: dict[str, float],
+        exemplars: Mapping[str, Any] | None = None,
     ) -> _PassOutput:
         from cliprnn.classifier import keep_decisions
         from cliprnn.visual_prompts import apply_visual_prompts
@@ -349,7 +392,9 @@ class CaR:
             if step > 0 and not cfg.reuse_dense_pass:
                 with timed(timings, "dense"):
                     state = self.proposal_generator.prepare(image)
-            proposals, extras = self._propose(state, live_names, background, step, trace)
+            proposals, extras = self._propose(
+                state, live_names, background, step, trace, exemplars, timings
+            )
             for stage, seconds in extras.pop("timings", {}).items():  # dense, text, cam, affinity
                 timings[stage] = timings.get(stage, 0.0) + seconds
             if prev and not proposals.reshape(len(live), -1).any():
@@ -363,7 +408,10 @@ class CaR:
                     for j in range(len(live))
                 ]
             with timed(timings, "classifier"):
-                score_matrix, cls_extras = self.classifier.score(prompted, live_names, trace=trace)
+                columns = self._exemplar_columns(live_names, exemplars, "cls", timings)
+                score_matrix, cls_extras = self.classifier.score(
+                    prompted, live_names, trace=trace, **columns
+                )
             diag = np.diag(score_matrix).astype(np.float32)
             kept_local = [int(j) for j in keep_decisions(diag, cfg.confidence_threshold)]
             if self.forced_schedule is not None:
@@ -395,17 +443,55 @@ class CaR:
                 break
         return _PassOutput(live, proposals, final_scores, steps, traces)
 
+    def _exemplar_columns(
+        self,
+        names: list[str],
+        exemplars: Mapping[str, Any] | None,
+        kind: str,
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        """The CAM's or classifier's ``exemplars`` and ``calibration`` arguments for ``names``."""
+        if not exemplars or not any(n in exemplars for n in names):
+            return {}
+        from cliprnn.exemplars import calibration_rows, exemplar_embedding
+
+        if kind == "cls":
+            backend, ab = self.classifier_backend, self.config.exemplar_classifier_calibration
+        else:
+            backend, ab = self.proposal_backend, self.config.exemplar_cam_calibration
+        with timed(timings, "exemplars"):
+            rows = {
+                j: exemplar_embedding(backend, exemplars[n], kind, self.config)
+                for j, n in enumerate(names)
+                if n in exemplars
+            }
+        return {"exemplars": rows, "calibration": calibration_rows(names, exemplars, ab)}
+
     def _propose(
-        self, state: Any, names: list[str], background: list[str], step: int, trace: bool
+        self,
+        state: Any,
+        names: list[str],
+        background: list[str],
+        step: int,
+        trace: bool,
+        exemplars: Mapping[str, Any] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, dict]:
         cam_texts = self._cam_texts(names, step)
+        timings = {} if timings is None else timings
         if self.config.mode == "semantic":
-            return self.proposal_generator.propose(state, cam_texts, background, trace=trace)
+            columns = self._exemplar_columns(names, exemplars, "patch_mean", timings)
+            return self.proposal_generator.propose(
+                state, cam_texts, background, trace=trace, **columns
+            )
         # Referring mode: each phrase competes with the background words only.
         outs = [
-            self.proposal_generator.propose(state, [text], background, trace=trace)
-            for text in cam_texts
-        ]
+            self.proposal_generator.propose(
+                state, [text], background, trace=trace,
+                **self._exemplar_columns([name], exemplars, "patch_mean", timings),
+            )
+            for name, text in zip(names, cam_texts, strict=True)
+        ]  # fmt: skip
         proposals = np.concatenate([p for p, _ in outs], axis=0)
         stage_seconds: dict[str, float] = {}
         for _, out_extras in outs:

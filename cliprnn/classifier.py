@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -146,13 +146,22 @@ class MaskClassifier:
     # -- scoring ------------------------------------------------------------------------------
 
     def score(
-        self, prompted: list[np.ndarray], queries: list[str], *, trace: bool = False
+        self,
+        prompted: list[np.ndarray],
+        queries: list[str],
+        *,
+        trace: bool = False,
+        exemplars: Mapping[int, torch.Tensor] | None = None,
+        calibration: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Score matrix P [N, N] (rows: prompted images, columns: queries) and trace extras.
 
-        With ``trace``, extras hold ``cls_input`` [N, 3, S, S] and, in faithful mode,
-        ``template_probs`` [T, N, N].
+        ``exemplars`` gives the embedding of the columns that are exemplar queries (clean mode
+        only), whose cosines ``calibration`` [N, 2] maps to a·c + b. With ``trace``, extras hold
+        ``cls_input`` [N, 3, S, S] and, in faithful mode, ``template_probs`` [T, N, N].
         """
+        if exemplars and self.config.faithful:
+            raise ValueError("exemplar queries are scored in clean mode only (faithful=False)")
         n = len(prompted)
         if n != len(queries):
             raise ValueError(f"{n} prompted images for {len(queries)} queries")
@@ -176,5 +185,13 @@ class MaskClassifier:
         else:
             text = self.ensemble_text_features(queries)
             image = self._image_features(prompted, 1)
-            scores = ensemble_scores(image, text, scale)
+            if exemplars:
+                from cliprnn.exemplars import calibrated_logits
+
+                text = text.clone()
+                for j, feature in exemplars.items():
+                    text[j] = feature.to(text.dtype)
+                scores = calibrated_logits(image, text, scale, calibration).softmax(dim=-1)
+            else:
+                scores = ensemble_scores(image, text, scale)
         return scores.numpy().astype(np.float32), extras

@@ -24,6 +24,24 @@ def _parse_seeds(text: str) -> range:
         ) from None
 
 
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected K[,K...] with every K >= 1, got {text!r}")
+    return ks
+
+
+def _cmd_calibrate_exemplars(args: argparse.Namespace) -> int:
+    from cliprnn.bench.exemplars import fit_calibration
+    from cliprnn.config import CaRConfig
+
+    print(json.dumps(fit_calibration(CaRConfig.preset("mini"), k=args.k)))
+    return 0
+
+
 def _config_from_args(args: argparse.Namespace):
     from cliprnn.config import CaRConfig
 
@@ -96,6 +114,14 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
         print(f"unknown variants {unknown}; choose from {list(VARIANTS)}", file=sys.stderr)
         return 2
     config = CaRConfig.preset("mini", dtype=args.dtype)
+    if args.exemplars:
+        from cliprnn.bench import exemplars
+
+        report = exemplars.run_exemplar_benchmark(
+            args.exemplars, args.seeds or DEFAULT_SEEDS, config, resamples=args.resamples
+        )
+        print(json.dumps(report) if args.json else exemplars.format_table(report))
+        return 0
     report = run_accuracy_benchmark(
         args.seeds or DEFAULT_SEEDS, config, variants=variants, resamples=args.resamples
     )
@@ -157,7 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (95 %% CI)")
     acc.add_argument("--json", action="store_true")
     acc.add_argument("--dtype", default="float32", help="float32 or bfloat16 (autocast)")
+    acc.add_argument(
+        "--exemplars",
+        type=_parse_ks,
+        metavar="K[,K...]",
+        help="query every class by K exemplar crops from training scenes instead (e.g. 1,3,10), "
+        "beside text, a mixed run and an unseen class",
+    )
     acc.set_defaults(func=_cmd_bench_accuracy)
+
+    cal = sub.add_parser(
+        "calibrate-exemplars",
+        help="fit the mini preset's exemplar calibration (a, b) per CLIP on training scenes",
+    )
+    cal.add_argument("--k", type=int, default=3, help="exemplars per class")
+    cal.set_defaults(func=_cmd_calibrate_exemplars)
 
     spd = sub.add_parser("bench-speed", help="seconds per image at the paper's model sizes")
     spd.add_argument("--queries", type=int, default=20)

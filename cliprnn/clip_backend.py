@@ -166,6 +166,8 @@ class ClipBackend:
         #: wall seconds spent embedding texts (forward passes and disk cache reads)
         self.text_seconds = 0.0
         self._posemb_cache: dict[tuple[int, int], torch.Tensor] = {}
+        #: exemplar query embeddings by (content key, kind) (``cliprnn.exemplars``)
+        self.exemplar_cache: dict[tuple[str, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -639,16 +641,28 @@ class ClipBackend:
             cam_layer=cam_index,
         )
 
-    def cam_head(self, tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    def cam_head(
+        self,
+        tokens: torch.Tensor,
+        text_features: torch.Tensor,
+        calibration: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Softmax over texts of logit_scale·cos(mean patch token embedding, text): [B, M].
 
         ``tokens`` are the image tower's output tokens [B, 1+n, D]; ``post_layernorm`` is
         applied to every token, then the patch tokens are averaged (CLS excluded).
+        ``calibration`` [M, 2] maps each column's cosine c to a·c + b (exemplar queries).
         """
         x = self.model.vision_model.post_layernorm(tokens)
         x = self.model.visual_projection(x[:, 1:].mean(dim=1))
         x = _normalise(x.float())
-        logits = self._logit_scale.to(x.device) * x @ text_features.to(x.device).t()
+        if calibration is None:
+            logits = self._logit_scale.to(x.device) * x @ text_features.to(x.device).t()
+        else:
+            from cliprnn.exemplars import calibrated_logits
+
+            scale = self._logit_scale.to(x.device)
+            logits = calibrated_logits(x, text_features, scale, calibration)
         return logits.softmax(dim=-1)
 
     # ------------------------------------------------------------------ preprocessing
@@ -700,6 +714,16 @@ class ClipBackend:
             cls_token = self.cls_block(self.vision_layers[stop - 1], x) if stop else x[:, 0]
             cls_token = vision.post_layernorm(cls_token)
             feats = self.model.visual_projection(cls_token)
+        return _normalise(feats.float()).clone()
+
+    def patch_mean_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """L2-normalised [N, d]: the full tower's mean patch token, as ``cam_head`` reads it."""
+        with torch.inference_mode(), self.autocast():
+            x = self.embed(pixel_values)
+            for layer in self.vision_layers:
+                x = self.block_no_weights(layer, x)
+            x = self.model.vision_model.post_layernorm(x)
+            feats = self.model.visual_projection(x[:, 1:].mean(dim=1))
         return _normalise(feats.float()).clone()
 
     @staticmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,11 @@ class CaRConfig:
     templates: tuple[str, ...] = SEMANTIC_TEMPLATES
     cam_template: str = "a clean origami {}."
     background_template: str = "a clean origami {}."
+    # Exemplar queries (cliprnn.exemplars): an exemplar column's image–image cosine c becomes
+    # a·c + b before the logit scale, per CLIP role (CAM head, classifier); (1, 0) leaves
+    # image–image cosines as they are. Calibrated per model on training images.
+    exemplar_cam_calibration: tuple[float, float] = (1.0, 0.0)
+    exemplar_classifier_calibration: tuple[float, float] = (1.0, 0.0)
 
     # Proposal generator (Grad-CAM + CLIP-ES class-aware affinity).
     cam_layer: int = -1  # encoder block whose layer_norm1 output Grad-CAM reads
@@ -178,7 +184,8 @@ class CaRConfig:
 
     def __post_init__(self) -> None:
         for name in ("visual_prompts", "background_words", "templates", "stuff_queries",
-                     "stuff_visual_prompts", "crf_mean_bgr"):  # fmt: skip
+                     "stuff_visual_prompts", "crf_mean_bgr", "exemplar_cam_calibration",
+                     "exemplar_classifier_calibration"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, str):
                 raise ConfigError(f"{name} must be a list of strings, not the string {value!r}")
@@ -229,6 +236,14 @@ class CaRConfig:
             raise ConfigError(
                 "affinity_layers, sinkhorn_rounds and cam_input_multiple must be >= 1"
             )
+        for name in ("exemplar_cam_calibration", "exemplar_classifier_calibration"):
+            ab = getattr(self, name)
+            if (
+                len(ab) != 2
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ab)
+                or ab[0] <= 0
+            ):
+                raise ConfigError(f"{name} must be (a, b): finite numbers with a > 0, got {ab!r}")
         if self.bg_factor <= 0 or self.stuff_bg_factor <= 0:
             raise ConfigError("bg_factor and stuff_bg_factor must be > 0")
         if self.crf_iterations < 0:
@@ -276,6 +291,8 @@ MINI_PRESET: dict[str, Any] = dict(
     mask_threshold=0.5, confidence_threshold=0.05, clipes_threshold=0.4, cam_layer=-1,
     refine_affinity=False,
     visual_prompts=("circle", "blur"), max_image_side=512,
+    # `python -m cliprnn calibrate-exemplars` (3 exemplars per class, training seeds)
+    exemplar_cam_calibration=(0.6379, 0.1457), exemplar_classifier_calibration=(0.6944, 0.0495),
     background_words=("sky", "grass", "water", "wall", "road", "ground"),
 )  # fmt: skip
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,13 +129,14 @@ def gradcam(
     targets: Sequence[int],
     *,
     batched: bool = True,
+    calibration: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Grad-CAM maps of the softmax probabilities ``targets`` at block ``layer_norm1``.
 
     Returns (CAMs [len(targets), h, w] float32, the CAM head's softmax [M] over the texts).
     Batched mode runs the forward pass once for all targets, then one backward pass per target
     through the retained graph (bit-identical to the reference, which also repeats the
-    forward pass per target: ``batched=False``).
+    forward pass per target: ``batched=False``). ``calibration``: see ``ClipBackend.cam_head``.
     """
     layers = backend.vision_layers
     cam_block = layers[dense.cam_layer]
@@ -149,7 +150,7 @@ def gradcam(
             y, _ = backend.block(cam_block, x, ln1=act)
             for layer in later:
                 y, _ = backend.block(layer, y)
-            return backend.cam_head(y, text_features)
+            return backend.cam_head(y, text_features, calibration)
 
     targets = list(targets)
     with torch.enable_grad():
@@ -216,13 +217,17 @@ class ProposalGenerator:
         background: list[str],
         *,
         trace: bool = False,
+        exemplars: Mapping[int, torch.Tensor] | None = None,
+        calibration: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Refined soft masks float32 [N, H, W] in [0, 1] for the N ``cam_texts``.
 
-        ``cam_texts`` are embedded as given; ``background`` words are embedded with the
-        config's ``background_template``. With ``trace`` the extras hold the intermediates;
-        ``extras["timings"]`` always holds the seconds spent per stage ("dense" when the dense
-        pass is not reused, "text", "cam", "affinity").
+        ``cam_texts`` are embedded as given, except the rows ``exemplars`` gives an embedding
+        (exemplar queries), whose columns ``calibration`` [N, 2] maps (``ClipBackend.cam_head``);
+        ``background`` words are embedded with the config's ``background_template``. With
+        ``trace`` the extras hold the intermediates; ``extras["timings"]`` always holds the
+        seconds spent per stage ("dense" when the dense pass is not reused, "text", "cam",
+        "affinity").
         """
         cfg = self.config
         backend = self.backend
@@ -239,18 +244,32 @@ class ProposalGenerator:
             fg = backend.encode_text(cam_texts)
             # the reference averages over a single template, then renormalises
             fg = fg / fg.norm(dim=-1, keepdim=True)
+            if exemplars:  # their placeholder texts' rows are replaced
+                fg = fg.clone()
+                for j, feature in exemplars.items():
+                    fg[j] = feature.to(fg.device, fg.dtype)
             bg = (
                 backend.text_ensemble(background, [cfg.background_template])
                 if background
                 else fg[:0]
             )
             texts = torch.cat([fg, bg])
+            full_calibration = None
+            if calibration is not None:  # background words are text columns
+                text_rows = calibration.new_tensor([[1.0, 0.0]]).repeat(len(bg), 1)
+                full_calibration = torch.cat([calibration, text_rows])
         with timed(timings, "cam"):
-            cams, head = gradcam(backend, dense, texts, range(n), batched=cfg.batched_cam)
+            cams, head = gradcam(
+                backend, dense, texts, range(n), batched=cfg.batched_cam,
+                calibration=full_calibration,
+            )  # fmt: skip
             fallback = ~(cams > 0).reshape(n, -1).any(axis=1)
             if fallback.any() and len(bg):
                 idx = np.flatnonzero(fallback)
-                redo, _ = gradcam(backend, dense, fg, idx.tolist(), batched=cfg.batched_cam)
+                redo, _ = gradcam(
+                    backend, dense, fg, idx.tolist(), batched=cfg.batched_cam,
+                    calibration=calibration,
+                )  # fmt: skip
                 cams[idx] = redo
         with timed(timings, "affinity"):
             gh, gw = dense.grid_hw

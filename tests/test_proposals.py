@@ -234,8 +234,8 @@ def test_all_zero_cam_is_recomputed_against_foreground_only(
     calls: list[tuple[int, list[int]]] = []
     real = prop.gradcam
 
-    def fake(b, dense, texts, targets, *, batched=True):
-        cams, head = real(b, dense, texts, targets, batched=batched)
+    def fake(b, dense, texts, targets, **kwargs):
+        cams, head = real(b, dense, texts, targets, **kwargs)
         calls.append((texts.shape[0], list(targets)))
         if len(calls) == 1:
             cams[1] = 0.0  # pretend query 1's CAM came out empty

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ ORACLE_VARIANTS = frozenset({"oracle_queries"})
 BOOTSTRAP = 1000
 
 
-def _share_models(target: Any, source: Any) -> None:
+def share_models(target: Any, source: Any) -> None:
     """Let ``target`` reuse ``source``'s loaded CLIPs (same weights, other thresholds)."""
     target._proposal_backend = source.proposal_backend
     target._classifier_backend = source.classifier_backend
@@ -93,6 +93,75 @@ def bootstrap_interval(
     return 100.0 * float(lo), 100.0 * float(hi)
 
 
+class SplitScore:
+    """One run over a split of scenes: per-image confusion matrices and query keep counts."""
+
+    def __init__(self, images: int, labels: Sequence[str]) -> None:
+        self.labels = tuple(labels)  # label value -> name; 0 is the background
+        n = len(self.labels)
+        self.matrices = np.zeros((images, n, n), np.int64)
+        self.missed = np.zeros((images, n), np.int64)
+        self.counts = np.zeros(4, np.int64)  # absent, absent dropped, present, present kept
+        self.steps = 0
+        self.images = images
+
+    def add(
+        self,
+        k: int,
+        result: Any,
+        gt: np.ndarray,
+        present: set[str],
+        values: Mapping[str, int] | None = None,
+    ) -> None:
+        """Score image ``k``: ``result`` (a CaRResult) against the label map ``gt``.
+
+        ``values`` maps each query name to its label value in ``gt`` (default: its index in
+        ``labels``); ``present`` names the classes ``gt`` shows.
+        """
+        index = values if values is not None else {q: i for i, q in enumerate(self.labels)}
+        lookup = np.zeros(len(result.queries) + 1, np.int64)
+        lookup[1:] = [index[q] for q in result.queries]
+        self.matrices[k], self.missed[k] = image_confusion(
+            lookup[result.label_map], gt, len(self.labels)
+        )
+        kept = set(result.kept)
+        absent = [q for q in result.queries if q not in present]
+        self.counts += (
+            len(absent),
+            sum(1 for q in absent if q not in kept),
+            len(present),
+            len(present & kept),
+        )
+        self.steps += result.steps
+
+    def miou(self) -> float:
+        """mIoU in % over the whole split."""
+        return 100.0 * miou_of(self.matrices.sum(axis=0), self.missed.sum(axis=0))
+
+    def summary(self, name: str, resamples: int = BOOTSTRAP) -> dict[str, Any]:
+        """``<name>_miou`` (+ ``_ci``), ``_absent_dropped``, ``_present_kept``, ``_mean_steps``."""
+        c = self.counts
+        return {
+            f"{name}_miou": self.miou(),
+            f"{name}_miou_ci": list(bootstrap_interval(self.matrices, self.missed, resamples)),
+            f"{name}_absent_dropped": float(c[1] / max(c[0], 1)),
+            f"{name}_present_kept": float(c[3] / max(c[2], 1)),
+            f"{name}_mean_steps": self.steps / max(self.images, 1),
+        }
+
+    def class_iou(self) -> dict[str, float]:
+        """IoU in % of every label the split shows."""
+        total = self.matrices.sum(axis=0).astype(np.float64)
+        tp = np.diag(total)
+        gt = total.sum(axis=1) + self.missed.sum(axis=0)
+        union = gt + total.sum(axis=0) - tp
+        return {
+            label: round(100.0 * float(tp[i] / union[i]), 2)
+            for i, label in enumerate(self.labels)
+            if gt[i] > 0
+        }
+
+
 def run_accuracy_benchmark(
     seeds: Iterable[int] = DEFAULT_SEEDS,
     config: CaRConfig | None = None,
@@ -121,68 +190,34 @@ def run_accuracy_benchmark(
     for name in names:
         cars[name] = CaR(config.replace(**VARIANTS[name]))
         if len(cars) > 1:
-            _share_models(cars[name], cars[names[0]])
-    n_labels = len(CLASSES) + 1
-    per_image = {name: np.zeros((len(seeds), n_labels, n_labels), np.int64) for name in names}
-    per_missed = {name: np.zeros((len(seeds), n_labels), np.int64) for name in names}
-    counts = {name: np.zeros(4, np.int64) for name in names}  # absent, dropped, present, kept
-    steps = {name: 0 for name in names}
+            share_models(cars[name], cars[names[0]])
+    scores = {name: SplitScore(len(seeds), ("background", *CLASSES)) for name in names}
     for k, seed in enumerate(seeds):
         scene = generate_scene(seed, size)
         present = set(scene.present_names)
         for name, car in cars.items():
             queries = scene.present_names if name in ORACLE_VARIANTS else list(CLASSES)
-            result = car.segment(scene.image, queries)
-            lookup = np.zeros(len(result.queries) + 1, np.int64)
-            lookup[1:] = [CLASSES.index(q) + 1 for q in result.queries]
-            per_image[name][k], per_missed[name][k] = image_confusion(
-                lookup[result.label_map], scene.label_map, n_labels
-            )
-            kept = set(result.kept)
-            c = counts[name]
-            c[0] += len(set(queries) - present)
-            c[1] += sum(1 for q in queries if q not in present and q not in kept)
-            c[2] += len(present)
-            c[3] += len(present & kept)
-            steps[name] += result.steps
+            scores[name].add(k, car.segment(scene.image, queries), scene.label_map, present)
         if progress is not None:
             progress(k + 1, len(seeds))
-    n = max(len(seeds), 1)
     report: dict[str, Any] = {}
     for name in names:
-        c = counts[name]
-        report[f"{name}_miou"] = 100.0 * miou_of(
-            per_image[name].sum(axis=0), per_missed[name].sum(axis=0)
-        )
-        report[f"{name}_miou_ci"] = list(
-            bootstrap_interval(per_image[name], per_missed[name], resamples)
-        )
-        report[f"{name}_absent_dropped"] = float(c[1] / max(c[0], 1))
-        report[f"{name}_present_kept"] = float(c[3] / max(c[2], 1))
-        report[f"{name}_mean_steps"] = steps[name] / n
+        report.update(scores[name].summary(name, resamples))
     if "car" in names and "single_step" in names:
         report["recurrence_gain"] = report["car_miou"] - report["single_step_miou"]
         report["recurrence_gain_ci"] = list(
             paired_gain_interval(
-                (per_image["car"], per_missed["car"]),
-                (per_image["single_step"], per_missed["single_step"]),
+                (scores["car"].matrices, scores["car"].missed),
+                (scores["single_step"].matrices, scores["single_step"].missed),
                 resamples,
             )
         )
     main = names[0]
     report["absent_dropped"] = report[f"{main}_absent_dropped"]
     report["present_kept"] = report[f"{main}_present_kept"]
-    total = per_image[main].sum(axis=0).astype(np.float64)
-    tp = np.diag(total)
-    gt = total.sum(axis=1) + per_missed[main].sum(axis=0)
-    union = gt + total.sum(axis=0) - tp
-    report["per_class_iou"] = {
-        label: round(100.0 * float(tp[i] / union[i]), 2)
-        for i, label in enumerate(("background", *CLASSES))
-        if gt[i] > 0
-    }
+    report["per_class_iou"] = scores[main].class_iou()
     report["images"] = len(seeds)
-    report["seeds"] = _describe_seeds(seeds)
+    report["seeds"] = describe_seeds(seeds)
     report["seconds"] = time.perf_counter() - start
     return report
 
@@ -210,7 +245,7 @@ def paired_gain_interval(
     return 100.0 * float(lo), 100.0 * float(hi)
 
 
-def _describe_seeds(seeds: list[int]) -> str:
+def describe_seeds(seeds: list[int]) -> str:
     """START:END, or START:END:STEP for an evenly spaced list."""
     if not seeds:
         return ""
