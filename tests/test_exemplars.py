@@ -40,7 +40,7 @@ def test_an_unreadable_exemplar_is_named(tmp_path) -> None:
     with pytest.raises(ImageError, match=r"exemplar 1 \(.*broken.png\) of 'mascot'"):
         ex.crops()
     missing = Exemplars("mascot", [str(tmp_path / "gone.jpg")])
-    with pytest.raises(ImageError, match="gone.jpg"):
+    with pytest.raises(ImageError, match=r"gone\.jpg"):
         missing.key()
 
 
@@ -148,9 +148,14 @@ def test_text_and_exemplar_queries_mix_in_one_recurrence(mini_car) -> None:
     assert EXEMPLARS_CLEAN not in text_only.warnings
 
 
-def _keep_rates(car, k: int = 3, classes: tuple[str, ...] = ("red heart", "blue star", "black ring")):
-    """Per class X: how often X's exemplar query (among text queries for the other classes) is
-    kept on held-out scenes showing X, and on held-out scenes without X."""
+#: The classes whose exemplar queries the keep test builds (distinct shapes and colours).
+KEEP_CLASSES = ("red heart", "blue star", "black ring", "green cross")
+KEEP_SCENES = 10  # held-out scenes with the class and as many without it, per class
+
+
+def _keep_rates(car, k: int = 3, classes: tuple[str, ...] = KEEP_CLASSES):
+    """How often class X's exemplar query (among text queries for the other classes) is kept on
+    held-out scenes showing X, and on held-out scenes without X, over ``classes``."""
     from cliprnn.bench.exemplars import class_exemplars
 
     exemplars = class_exemplars(k)
@@ -160,21 +165,22 @@ def _keep_rates(car, k: int = 3, classes: tuple[str, ...] = ("red heart", "blue 
         ci = CLASSES.index(name)
         with_x, without_x = [], []
         seed = 10_000_000
-        while len(with_x) < 6 or len(without_x) < 6:
+        while len(with_x) < KEEP_SCENES or len(without_x) < KEEP_SCENES:
             scene = generate_scene(seed)
             (with_x if ci in scene.present else without_x).append(scene)
             seed += 7_919
         queries = [exemplars[c] if c == name else c for c in CLASSES]
-        for scenes, tally in ((with_x[:6], shown), (without_x[:6], absent)):
+        for scenes, tally in ((with_x[:KEEP_SCENES], shown), (without_x[:KEEP_SCENES], absent)):
             for scene in scenes:
                 tally[0] += name in car.segment(scene.image, queries).kept
                 tally[1] += 1
     return shown[0] / shown[1], absent[0] / absent[1]
 
 
-#: Measured with the shipped models (2026-12-02): kept on 0.89 of the scenes showing the class,
-#: 0.06 of those without it.
-KEEP_BOUNDS = {"shown": 0.6, "ratio": 3.0}
+#: Measured 2026-12-02 (3 exemplars, calibrated mini preset): kept on 0.60 of the 40 scenes
+#: showing the class, 0.125 of the 40 without it; randomly initialised models of the shipped
+#: shape: 0.25 and 0.20 (the slow test below checks that they fail).
+KEEP_BOUNDS = {"shown": 0.45, "ratio": 2.5}
 
 
 def _keep_failures(shown: float, absent: float) -> list[str]:
