@@ -108,6 +108,8 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     )
     from cliprnn.config import CaRConfig
 
+    if args.video:
+        return _bench_video(args)
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -126,6 +128,25 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
         args.seeds or DEFAULT_SEEDS, config, variants=variants, resamples=args.resamples
     )
     print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def _bench_video(args: argparse.Namespace) -> int:
+    """bench-accuracy --video: per-frame mIoU and seconds per frame on generated clips."""
+    from cliprnn.bench import video
+    from cliprnn.config import CaRConfig
+
+    modes = args.variants.split(",") if args.variants else list(video.MODES)
+    unknown = [m for m in modes if m not in video.MODES]
+    if unknown:
+        print(f"unknown modes {unknown}; choose from {list(video.MODES)}", file=sys.stderr)
+        return 2
+    seeds = args.seeds or video.clip_seeds(args.clips)
+    config = CaRConfig.preset("mini", dtype=args.dtype)
+    report = video.run_video_benchmark(
+        seeds, args.frames, config, modes=modes, resamples=args.resamples
+    )
+    print(json.dumps(report) if args.json else video.format_table(report))
     return 0
 
 
@@ -190,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="query every class by K exemplar crops from training scenes instead (e.g. 1,3,10), "
         "beside text, a mixed run and an unseen class",
     )
+    acc.add_argument(
+        "--video",
+        action="store_true",
+        help="per-frame mIoU and seconds per frame on generated clips written to mp4: every "
+        "frame from scratch, query carrying, frame_step=3 (--variants picks the modes, "
+        "--seeds the clip seeds)",
+    )
+    acc.add_argument("--clips", type=int, default=24, help="with --video: held-out clips")
+    acc.add_argument("--frames", type=int, default=16, help="with --video: frames per clip")
     acc.set_defaults(func=_cmd_bench_accuracy)
 
     cal = sub.add_parser(

@@ -128,6 +128,14 @@ class CaRConfig:
 
     # Recurrence.
     max_steps: int = 10
+    # Video (cliprnn.video.segment_video; images are unaffected): a frame's recurrence starts
+    # from the previous labelled frame's kept queries, and from the full list every
+    # refresh_every frames (0: never) and on a scene cut, when the classifier CLIP's image
+    # embeddings of consecutive labelled frames have a cosine below scene_cut_threshold
+    # (chosen on training clips, docs/video.md).
+    carry_queries: bool = True
+    refresh_every: int = 8
+    scene_cut_threshold: float = 0.6
 
     # Dense CRF (deeplab-v2 defaults used by the reference).
     crf: bool = True
@@ -255,6 +263,14 @@ class CaRConfig:
         for name in unit_interval:
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not isinstance(self.carry_queries, bool):
+            raise ConfigError(f"carry_queries must be True or False, got {self.carry_queries!r}")
+        every = self.refresh_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ConfigError(f"refresh_every must be an integer >= 0, got {every!r}")
+        cut = self.scene_cut_threshold
+        if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not -1.0 <= cut <= 1.0:
+            raise ConfigError(f"scene_cut_threshold must be a number in [-1, 1], got {cut!r}")
 
     def replace(self, **overrides: Any) -> CaRConfig:
         """A copy with some fields changed (validated; unknown names raise ConfigError)."""

@@ -19,3 +19,7 @@ class ImageError(CaRError, ValueError):
 
 class QueryError(CaRError, ValueError):
     """The text queries are unusable (none left after normalisation, too many, wrong type)."""
+
+
+class VideoError(ImageError):
+    """A video file is missing, unreadable, truncated or holds no frame (names the file)."""
