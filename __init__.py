@@ -13,6 +13,7 @@ its folder under ``fo.config.model_zoo_dir`` as the package path), so the relati
 def register(p):
     """Register the plugin's operators with FiftyOne."""
     from .operators.edits import ApplyMaskEdits, EditMaskClasses
+    from .operators.exemplars import ExemplarSets
     from .operators.runs import ResumeRun, SegmentShard
     from .operators.segment import Segment
 
@@ -21,6 +22,7 @@ def register(p):
     p.register(EditMaskClasses)
     p.register(SegmentShard)
     p.register(ResumeRun)
+    p.register(ExemplarSets)
 
 
 def download_model(model_name, model_path):

@@ -203,9 +203,12 @@ def split_queries(queries: Sequence[Any]) -> tuple[list[str], dict[str, Exemplar
     """Names of every query in order (an exemplar query by its name) and the exemplar queries.
 
     Raises QueryError when an exemplar query's name is also a text query or another exemplar
-    query's, or when an item is neither a string nor an Exemplars.
+    query's. Anything that is not a list of queries comes back as it is, for
+    ``normalize_queries`` to refuse with its message.
     """
-    if isinstance(queries, (str, Exemplars)):
+    if queries is None or isinstance(queries, str) or not hasattr(queries, "__iter__"):
+        return queries, {}  # type: ignore[return-value]  # normalize_queries explains
+    if isinstance(queries, Exemplars):
         queries = [queries]
     names: list[Any] = []
     exemplars: dict[str, Exemplars] = {}

@@ -110,11 +110,14 @@ class Segment(foo.Operator):
             return types.Property(inputs, view=types.View(label="Segment with text"))
         target = inputs.view_target(ctx, action_description="Segment", allow_selected_samples=True)
         count = ctx.target_view().count()
+        video = ctx.target_view().media_type == "video"
         _query_inputs(ctx, inputs)
+        if video:
+            _video_inputs(inputs)
         _model_inputs(ctx, inputs)
-        _output_inputs(ctx, inputs)
+        _output_inputs(ctx, inputs, video)
         delegation_inputs(inputs, count)
-        _shard_inputs(ctx, inputs, count)
+        _shard_inputs(ctx, inputs, 1 if video else count)  # sharded runs split images
         del target
         return types.Property(inputs, view=types.View(label="Segment with text (CLIP as RNN)"))
 
@@ -132,16 +135,16 @@ class Segment(foo.Operator):
                     shards,
                     operator_uri=f"{self.plugin_name}/segment_shard",
                     delegation_target=ctx.delegation_target,
-                    **run_kwargs(ctx.params),
+                    **run_kwargs(ctx.params, ctx.dataset),
                 )
                 ctx.set_progress(progress=1.0, label=plan.message)
                 return
-            run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params))
+            run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
             for p in run:
                 ctx.set_progress(progress=p.fraction, label=p.label)
             return
         try:
-            run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params))
+            run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
             for p in run:
                 yield ctx.trigger("set_progress", dict(progress=p.fraction, label=p.label))
         except Exception as e:
@@ -151,7 +154,7 @@ class Segment(foo.Operator):
             yield ctx.ops.notify(message, variant="error")
             raise
         s = run.summary
-        yield from refresh_app(ctx, run.fields.shown())
+        yield from refresh_app(ctx, [run.store.path(f) for f in run.fields.shown()])
         message = _summary_message(run)
         if shards > 1:
             message += f" as one job: 'Split into {shards} jobs' applies to scheduled runs"
@@ -177,6 +180,9 @@ class Segment(foo.Operator):
         shards: int = 1,
         delegate: bool = False,
         delegation_target: str | None = None,
+        exemplar_sets: list[str] | None = None,
+        frame_step: int | None = None,
+        carry_queries: bool | None = None,
         **advanced: Any,
     ) -> Any:
         """Segment ``sample_collection`` with CaR; the same work as the App form.
@@ -185,8 +191,10 @@ class Segment(foo.Operator):
         (``"mask_targets:FIELD"``, ``"classes:FIELD"``, ``"labels:FIELD"``,
         ``"default_mask_targets"``, ``"default_classes"``), optionally narrowed by ``classes``;
         ``queries_from`` (``"tags"`` or a Classification(s)/Detections field) queries each
-        sample for its own labels, plus ``queries``. ``outputs`` are the semantic mask and
-        editable instances (``instances``: one per connected ``"region"`` or per ``"class"``)
+        sample for its own labels, plus ``queries``. ``exemplar_sets`` name stored exemplar sets
+        of the dataset (:mod:`cliprnn.fiftyone.exemplar_sets`): classes given by pictures,
+        beside the text queries, loaded when the run starts. ``outputs`` are the semantic mask
+        and editable instances (``instances``: one per connected ``"region"`` or per ``"class"``)
         unless told otherwise.
         ``output_dir`` (absolute) receives mask and heatmap PNGs; it may lie inside the images'
         folders only with ``allow_media_dir=True``. ``preset`` is a CaRConfig preset;
@@ -194,6 +202,10 @@ class Segment(foo.Operator):
         ``classifier_model``, ``mask_threshold``, ``confidence_threshold``,
         ``clipes_threshold``, ``visual_prompts``, ``background_words``, ``crf``,
         ``sam_checkpoint``, ``mode``, ``device``, ``dtype``).
+
+        On a video collection the frames are labelled (``frames.<label_field>`` ...):
+        ``frame_step=k`` labels frames 1, 1 + k, 1 + 2k, ... and ``carry_queries`` (default
+        on) starts each frame's recurrence from the previous labelled frame's kept queries.
 
         Immediate runs are limited to ``FIFTYONE_OPERATOR_TIMEOUT`` seconds (600 by default);
         for large collections pass ``delegate=True`` or call
@@ -214,6 +226,7 @@ class Segment(foo.Operator):
             segment(dataset.take(5), queries=["cat", "dog"], label_field="car", preset="voc")
             segment(dataset, classes_from="mask_targets:ground_truth", delegate=True)
             segment(dataset, queries=["cat"], label_field="cat", shards=4, delegate=True)
+            segment(dataset, queries=["dog"], exemplar_sets=["mascot"], label_field="pets")
         """
         unknown = sorted(set(advanced) - set(ADVANCED))
         if unknown:
@@ -235,6 +248,7 @@ class Segment(foo.Operator):
             preset=preset,
             outputs=list(outputs),
             queries_from=queries_from or NO_SOURCE,
+            exemplar_sets=list(exemplar_sets or []),
             instances=instances,
             output_dir=output_dir or "",
             allow_media_dir=allow_media_dir,
@@ -247,6 +261,10 @@ class Segment(foo.Operator):
         )
         if classes is not None:
             params["classes"] = list(classes)
+        if frame_step is not None:
+            params["frame_step"] = frame_step
+        if carry_queries is not None:
+            params["carry_queries"] = carry_queries
         for name, value in advanced.items():
             params[name] = ", ".join(value) if name == "background_words" else value
         if shards > 1:
@@ -285,7 +303,7 @@ def _queue_from_sdk(
         shards,
         operator_uri=f"{operator.plugin_name}/segment_shard",
         delegation_target=delegation_target,
-        **run_kwargs(params),
+        **run_kwargs(params, sample_collection._root_dataset),
     )
     result = ExecutionResult(result=plan.to_dict(), delegated=True)
     try:
@@ -297,12 +315,17 @@ def _queue_from_sdk(
     return future
 
 
-def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """SegmentationRun keyword arguments from the form's (or the SDK's) params."""
+def run_kwargs(params: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
+    """SegmentationRun keyword arguments from the form's (or the SDK's) params; the exemplar
+    sets they name are loaded from ``dataset``."""
     source = params.get("classes_from") or None
     text = params.get("query_text") or ""
     kwargs: dict[str, Any] = dict(
-        queries=[*(params.get("queries") or []), *text.splitlines()],
+        queries=[
+            *(params.get("queries") or []),
+            *text.splitlines(),
+            *exemplar_queries(params, dataset),
+        ],
         classes_from=None if source == NO_SOURCE else source,
         queries_from=params.get("queries_from") or None,
         instances=params.get("instances") or "region",
@@ -320,6 +343,10 @@ def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
         kwargs["queries_from"] = None
     if kwargs["classes_from"] and params.get("classes") is not None:
         kwargs["classes"] = params["classes"]
+    if params.get("frame_step") not in (None, ""):
+        kwargs["frame_step"] = int(params["frame_step"])
+    if params.get("carry_queries") is not None:
+        kwargs["carry_queries"] = bool(params["carry_queries"])
     if params.get("advanced"):
         for name in ADVANCED:
             value = params.get(name)
@@ -331,15 +358,60 @@ def run_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def exemplar_queries(params: dict[str, Any], dataset: Any) -> list[Any]:
+    """The exemplar sets named by ``params["exemplar_sets"]``, loaded from ``dataset``."""
+    names = list(params.get("exemplar_sets") or [])
+    if not names:
+        return []
+    from cliprnn.errors import ConfigError
+    from cliprnn.fiftyone.exemplar_sets import load_exemplar_set
+
+    if dataset is None:
+        raise ConfigError(f"exemplar sets {names} need the dataset that stores them")
+    return [load_exemplar_set(dataset, name) for name in names]
+
+
 def _summary_message(run: Any) -> str:
     s = run.summary
     failed = f", {s.failed} failed (see field '{run.fields.error}')" if s.failed else ""
     if s.no_queries:
         failed += f", {len(s.no_queries)} skipped (no labels in '{run.queries_from}')"
+    if hasattr(s, "frames"):  # a video run
+        return (
+            f"Segmented {s.frames} frame{'s' * (s.frames != 1)} ({s.labelled_frames}) of "
+            f"{s.processed} video{'s' * (s.processed != 1)} into "
+            f"'{run.store.path(s.label_field)}'{failed}"
+        )
     edit = f"; edit '{run.fields.detections}' in the Annotate tab" if run.fields.detections else ""
     return (
         f"Segmented {s.processed} sample{'s' * (s.processed != 1)} into "
         f"'{s.label_field}'{failed}{edit}"
+    )
+
+
+def _video_inputs(inputs: types.Object) -> None:
+    """What a run on videos adds to the form: which frames, and carrying the queries."""
+    inputs.view(
+        "video_notice",
+        types.Notice(
+            label="Video: the frames are labelled (frame fields frames.<output field>), "
+            "every frame or every k-th one"
+        ),
+    )
+    inputs.int(
+        "frame_step",
+        default=1,
+        min=1,
+        label="Label every k-th frame",
+        description="1 labels every frame; 3 labels frames 1, 4, 7, ... and leaves the others "
+        "empty",
+    )
+    inputs.bool(
+        "carry_queries",
+        default=True,
+        label="Carry the queries through time",
+        description="Start each frame from the classes the previous labelled frame kept "
+        "(faster); the full list again every few frames and after a scene cut",
     )
 
 
@@ -395,7 +467,12 @@ def _query_inputs(ctx, inputs: types.Object) -> None:
         ),
     )
     per_sample = ctx.params.get("queries_from") not in (None, "", NO_SOURCE)
-    chosen = [*(ctx.params.get("classes") or []), *(ctx.params.get("queries") or [])]
+    pictures = _exemplar_inputs(ctx, inputs)
+    chosen = [
+        *(ctx.params.get("classes") or []),
+        *(ctx.params.get("queries") or []),
+        *pictures,
+    ]
     has_source = bool(spec and (ctx.params.get("classes") is None or chosen))
     inputs.str(
         "query_text",
@@ -405,6 +482,36 @@ def _query_inputs(ctx, inputs: types.Object) -> None:
         description="One query per line, e.g. 'red circle'",
         view=types.TextFieldView(multiline=True, placeholder="red circle\nblue square"),
     )
+
+
+def _exemplar_inputs(ctx, inputs: types.Object) -> list[str]:
+    """The dataset's stored exemplar sets as a multi-select (when it has any); the chosen
+    ones, each checked to load (its samples still exist)."""
+    from cliprnn.errors import CaRError
+    from cliprnn.fiftyone.exemplar_sets import list_exemplar_sets
+
+    from .exemplars import set_label
+
+    sets = list_exemplar_sets(ctx.dataset)
+    if not sets:
+        return []
+    inputs.list(
+        "exemplar_sets",
+        types.String(),
+        default=[],
+        label="Exemplar sets",
+        description="Classes given by example images (stored with 'Use selection as "
+        "exemplars'), beside the text queries",
+        view=choices_view(
+            types.DropdownView, sets, {n: set_label(n, i) for n, i in sets.items()}, multiple=True
+        ),
+    )
+    chosen = [n for n in ctx.params.get("exemplar_sets") or [] if n]
+    try:
+        exemplar_queries({"exemplar_sets": chosen}, ctx.dataset)
+    except CaRError as e:
+        fail(inputs, "exemplar_sets_error", str(e))
+    return chosen
 
 
 def _model_inputs(ctx, inputs: types.Object) -> None:
@@ -475,7 +582,7 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
                 view=choices_view(types.DropdownView, list(choices)),
             )
     try:
-        kwargs = run_kwargs({**ctx.params, "advanced": True})
+        kwargs = run_kwargs({**ctx.params, "advanced": True, "exemplar_sets": None})
         overrides = {k: kwargs[k] for k in ADVANCED if k in kwargs}
         if overrides.get("sam_checkpoint"):
             from pathlib import Path
@@ -548,11 +655,23 @@ def _shard_inputs(ctx, inputs: types.Object, count: int) -> None:
         )
 
 
-def _output_inputs(ctx, inputs: types.Object) -> None:
+class _FrameFieldsToo:
+    """``has_field`` over a video dataset's sample and frame fields (a video run writes
+    frame fields and a sample-level error field)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def has_field(self, name: str) -> bool:
+        return self.dataset.has_field(name) or self.dataset.has_frame_field(name)
+
+
+def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> None:
     from cliprnn.errors import CaRError
     from cliprnn.fiftyone.labels import OUTPUT_TYPES, check_field_name
 
-    default_field = free_field_name(ctx.dataset, "car", ("", "_det", "_error"))
+    fields = _FrameFieldsToo(ctx.dataset) if video else ctx.dataset
+    default_field = free_field_name(fields, "car", ("", "_det", "_error"))
     inputs.str("label_field", default=default_field, required=True, label="Output field")
     inputs.list(
         "outputs",
@@ -596,7 +715,7 @@ def _output_inputs(ctx, inputs: types.Object) -> None:
     except CaRError as e:
         fail(inputs, "label_field_error", str(e))
         return
-    if ctx.dataset.has_field(field):
+    if fields.has_field(field):
         msg = f"Field '{field}' exists."
         if ctx.params.get("overwrite") or ctx.params.get("skip_existing"):
             inputs.view("label_field_warning", types.Warning(label=msg))

@@ -12,6 +12,14 @@ from cliprnn.fiftyone.collection import (
 )
 from cliprnn.fiftyone.edits import apply_mask_edits, edit_mask_classes, rebuild_instances
 from cliprnn.fiftyone.engine import resolve_config
+from cliprnn.fiftyone.exemplar_sets import (
+    delete_exemplar_set,
+    exemplars_from,
+    list_exemplar_sets,
+    load_exemplar_set,
+    rename_exemplar_set,
+    save_exemplar_set,
+)
 from cliprnn.fiftyone.lock import FieldLockedError
 from cliprnn.fiftyone.model import CaRModel
 from cliprnn.fiftyone.queries import class_sources, resolve_queries, source_classes
@@ -28,14 +36,20 @@ __all__ = [
     "apply_mask_edits",
     "cancel_run",
     "class_sources",
+    "delete_exemplar_set",
     "edit_mask_classes",
+    "exemplars_from",
+    "list_exemplar_sets",
+    "load_exemplar_set",
     "queue_sharded_run",
     "rebuild_instances",
+    "rename_exemplar_set",
     "resolve_config",
     "resolve_queries",
     "resume_run",
     "run_info",
     "run_status",
+    "save_exemplar_set",
     "segment_collection",
     "source_classes",
 ]

@@ -14,6 +14,7 @@ import fiftyone.core.utils as fou
 
 from cliprnn.config import CaRConfig
 from cliprnn.errors import CaRError, ConfigError, QueryError
+from cliprnn.exemplars import Exemplars, split_queries
 from cliprnn.fiftyone import labels as L
 from cliprnn.fiftyone.annotation import make_editable, match_colors
 from cliprnn.fiftyone.engine import get_car, resolve_config
@@ -94,12 +95,23 @@ class RunSummary:
 
 class SegmentationRun:
     """A validated run over a collection. Everything that can be checked without touching a
-    sample (parameters, fields, output folder, models) is checked in the constructor."""
+    sample (parameters, fields, output folder, models) is checked in the constructor.
+
+    On a video collection the run is a :class:`cliprnn.fiftyone.video.VideoSegmentationRun`
+    (frame-level fields); a frames view (``to_frames()``) runs like images, and its labels
+    land in the video's frame fields."""
+
+    def __new__(cls, sample_collection: Any = None, *args: Any, **kwargs: Any) -> SegmentationRun:
+        if cls is SegmentationRun and getattr(sample_collection, "media_type", None) == "video":
+            from cliprnn.fiftyone.video import VideoSegmentationRun
+
+            cls = VideoSegmentationRun
+        return super().__new__(cls)
 
     def __init__(
         self,
         sample_collection: fo.core.collections.SampleCollection,
-        queries: Sequence[str] | str | None = None,
+        queries: Sequence[str | Exemplars] | str | None = None,
         classes_from: str | None = None,
         label_field: str = "car",
         config: CaRConfig | str | Mapping[str, Any] | None = None,
@@ -121,7 +133,14 @@ class SegmentationRun:
         coll = sample_collection
         self.collection = coll
         self.dataset = coll._root_dataset
-        _check_collection(coll)
+        self._check_media(coll)
+        if config_overrides.pop("frame_step", None) not in (None, 1):
+            raise ConfigError(
+                "frame_step labels every k-th frame of a video; this collection holds images "
+                "(on a frames view, match the frame_number values to label instead)"
+            )
+        #: Where the label fields live, and the error field (frame fields on a frames view).
+        self.store, self.error_store = self._stores(coll)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if isinstance(outputs, str):
@@ -133,7 +152,10 @@ class SegmentationRun:
         self.instances = instances
         self.queries_from = queries_from or None
         self.per_sample: dict[str, list[str]] | None = None
-        resolved = resolve_queries(coll, queries, classes_from, classes, bool(queries_from))
+        if isinstance(queries, str):
+            queries = queries.splitlines()
+        names, self.exemplars = split_queries(queries or [])
+        resolved = resolve_queries(coll, names, classes_from, classes, bool(queries_from))
         #: The queries every sample gets (with ``queries_from``, after the sample's own).
         self.shared_queries = list(resolved.queries)
         if self.queries_from:
@@ -150,11 +172,16 @@ class SegmentationRun:
                     "queries were given"
                 )
             resolved.queries = every
+            _check_exemplar_names(self.exemplars, [q for n in own.values() for q in n],
+                                  f"the labels in '{self.queries_from}'")  # fmt: skip
+        _check_exemplar_names(self.exemplars, resolved.source_names,
+                              f"the classes of {classes_from!r}")  # fmt: skip
         self.queries = resolved.queries
         self.classes_from = resolved.source
         L.check_field_name(label_field)
 
-        existing = self.dataset.mask_targets.get(label_field) if not overwrite else None
+        targets_key = self.store.prefix + label_field
+        existing = self.dataset.mask_targets.get(targets_key) if not overwrite else None
         self.values = assign_values(self.queries, resolved.source_values, existing)
         self.fields = L.output_fields(label_field, self.outputs, self.values)
         self._check_fields(overwrite, skip_existing)
@@ -168,7 +195,7 @@ class SegmentationRun:
         self.batch_size, self.num_workers = batch_size, max(0, int(num_workers))
         self.prefetch_ahead = max(0, int(prefetch_ahead))
 
-        todo = coll.exists(self.fields.primary, False) if skip_existing else coll
+        todo = self._pending(coll) if skip_existing else coll
         self.ids, self.paths = todo.values(["id", "filepath"])
         self.skipped = coll.count() - len(self.ids) if skip_existing else 0
         no_queries: list[str] = []
@@ -199,9 +226,29 @@ class SegmentationRun:
             no_queries=no_queries,
         )
 
+    def _check_media(self, coll: fo.core.collections.SampleCollection) -> None:
+        """ConfigError unless the run can segment ``coll``'s media."""
+        _check_collection(coll)
+
+    def _stores(
+        self, coll: fo.core.collections.SampleCollection
+    ) -> tuple[SampleFields, SampleFields]:
+        """Where the run writes its label fields, and its error field."""
+        if getattr(coll, "_is_frames", False):
+            store: SampleFields = FramesViewFields(coll)
+        else:
+            store = SampleFields(self.dataset)
+        return store, store
+
+    def _pending(
+        self, coll: fo.core.collections.SampleCollection
+    ) -> fo.core.collections.SampleCollection:
+        """The samples of ``coll`` that ``skip_existing`` leaves to segment."""
+        return coll.exists(self.fields.primary, False)
+
     def _check_fields(self, overwrite: bool, skip_existing: bool) -> None:
-        schema = self.dataset.get_field_schema()
-        error_field = schema.get(self.fields.error)
+        schema = self.store.schema()
+        error_field = self.error_store.schema().get(self.fields.error)
         if error_field is not None:
             if not isinstance(error_field, fo.StringField):
                 raise ConfigError(
@@ -308,6 +355,7 @@ class SegmentationRun:
         run.queries_from = spec.get("queries_from") or None
         run.queries = list(spec["queries"])
         run.shared_queries = list(spec["shared_queries"])
+        run.exemplars = {e["name"]: Exemplars.from_spec(e) for e in spec.get("exemplars") or []}
         run.classes_from = spec.get("classes_from")
         run.values = {q: int(v) for q, v in spec["values"]}
         run.mask_targets = {int(v): q for v, q in spec["mask_targets"]}
@@ -319,6 +367,7 @@ class SegmentationRun:
         run.num_workers = int(spec["num_workers"])
         run.prefetch_ahead = int(spec["prefetch_ahead"])
         run.output_dir = Path(spec["output_dir"]) if spec.get("output_dir") else None
+        run.store = run.error_store = SampleFields(dataset)
 
         ids = list(ids)
         found = dict(zip(*dataset.select(ids).values(["id", "filepath"]), strict=True))
@@ -351,6 +400,10 @@ class SegmentationRun:
     def spec(self) -> dict[str, Any]:
         """Everything the shards of a sharded run must agree on, JSON- and BSON-safe (queries
         may hold dots, so mappings keyed by them are stored as pairs)."""
+        if self.store.prefix:
+            raise ConfigError(
+                "sharded runs split image datasets; run this collection (frame fields) as one job"
+            )
         return dict(
             label_field=self.fields.label_field,
             outputs=list(self.outputs),
@@ -358,6 +411,7 @@ class SegmentationRun:
             instances=self.instances,
             queries=list(self.queries),
             shared_queries=list(self.shared_queries),
+            exemplars=[e.to_spec() for e in self.exemplars.values()],
             queries_from=self.queries_from,
             classes_from=self.classes_from,
             values=[[q, int(v)] for q, v in self.values.items()],
@@ -375,14 +429,15 @@ class SegmentationRun:
         """What the run record keeps: fields, queries and their source, settings, config."""
         f = self.fields
         return dict(
-            fields=dict(
-                segmentation=f.segmentation,
-                detections=f.detections,
-                heatmaps=dict(f.heatmaps),
-                error=f.error,
-                scores=f.scores,
+            fields=dict(  # paths in the root dataset ("frames.<name>" for frame fields)
+                segmentation=self.store.path(f.segmentation),
+                detections=self.store.path(f.detections),
+                heatmaps={q: self.store.path(n) for q, n in f.heatmaps.items()},
+                error=self.error_store.path(f.error),
+                scores=self.store.path(f.scores),
             ),
             queries=list(self.queries),
+            exemplars={name: _describe_exemplars(e) for name, e in self.exemplars.items()},
             classes_from=self.classes_from,
             queries_from=self.queries_from,
             instances=self.instances,
@@ -413,8 +468,9 @@ class SegmentationRun:
         self.summary.seconds = time.perf_counter() - start
         return Progress(done, total, self.summary.failed)
 
-    def _queries_for(self, key: tuple[str, str]) -> list[str]:
-        return self.queries if self.per_sample is None else self.per_sample[key[0]]
+    def _queries_for(self, key: tuple[str, str]) -> list[str | Exemplars]:
+        names = self.queries if self.per_sample is None else self.per_sample[key[0]]
+        return [self.exemplars.get(q, q) for q in names]
 
     def _record_one(self, sid: str, path: str, outcome: Any, batch: _Batch) -> None:
         """Put one sample's labels (or its failure: a load, segmentation or label error) into
@@ -431,13 +487,17 @@ class SegmentationRun:
                 values.pop(sid, None)
             if not self.skip_failures:
                 raise SampleError(sid, path, e) from e
-            self.summary.failed += 1
-            msg = f"{type(e).__name__}: {e}"
-            batch.errors[sid] = msg
-            if len(self.summary.errors) < 20:
-                self.summary.errors.append((sid, msg))
+            batch.errors[sid] = self._note_failure(sid, e)
             for values in batch.labels.values():
                 values[sid] = None
+
+    def _note_failure(self, sid: str, exc: BaseException) -> str:
+        """Count a skipped failure of sample ``sid`` in the summary; returns its message."""
+        self.summary.failed += 1
+        msg = f"{type(exc).__name__}: {exc}"
+        if len(self.summary.errors) < 20:
+            self.summary.errors.append((sid, msg))
+        return msg
 
     def _flush(self, batch: _Batch) -> int:
         """Write and empty ``batch``; returns how many samples it held."""
@@ -450,7 +510,11 @@ class SegmentationRun:
     def _labels_of(self, key: tuple[str, str], result: Any) -> dict[str, Any]:
         """Every output label of one sample (files written first); runs on a CRF worker
         thread when ``crf_workers`` > 0, so it only reads the run's settings."""
-        sid = key[0]
+        return self.labels_for(key[0], result)
+
+    def labels_for(self, sid: str, result: Any) -> dict[str, Any]:
+        """Every output label of one result, by field; its mask and heatmap files (if any) are
+        named after ``sid``."""
         f = self.fields
         labels: dict[str, Any] = {}
         if f.segmentation:
@@ -479,9 +543,9 @@ class SegmentationRun:
     def _write(self, labels: dict[str, dict[str, Any]], errors: dict[str, str | None]) -> None:
         for name, values in labels.items():
             if values:
-                self.dataset.set_values(name, values, key_field="id")
-        if errors and (any(errors.values()) or self.dataset.has_field(self.fields.error)):
-            self.dataset.set_values(self.fields.error, errors, key_field="id")
+                self.store.write(name, values)
+        if errors and (any(errors.values()) or self.error_store.has(self.fields.error)):
+            self.error_store.write(self.fields.error, errors)
 
     def _prepare_dataset(self, declare_error: bool = False) -> None:
         """Declare the output fields (a batch may hold only None) and record mask targets.
@@ -497,18 +561,19 @@ class SegmentationRun:
             **{name: fo.Heatmap for name in f.heatmaps.values()},
         }
         for name, cls in types.items():
-            if name and not ds.has_field(name):
-                ds.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=cls)
-        if declare_error and self.skip_failures and not ds.has_field(f.error):
-            ds.add_sample_field(f.error, fo.StringField)
-        if self.fields.segmentation:
-            ds.mask_targets = {**ds.mask_targets, self.fields.segmentation: self.mask_targets}
-        if self.fields.detections:
-            ds.classes = {**ds.classes, self.fields.detections: list(self.queries)}
+            if name:
+                self.store.declare(name, fo.EmbeddedDocumentField, embedded_doc_type=cls)
+        if declare_error and self.skip_failures:
+            self.error_store.declare(f.error, fo.StringField)
+        seg, det = self.store.path(f.segmentation), self.store.path(f.detections)
+        if seg:
+            ds.mask_targets = {**ds.mask_targets, seg: self.mask_targets}
+        if det:
+            ds.classes = {**ds.classes, det: list(self.queries)}
         ds.save()
-        if f.detections:
-            make_editable(ds, f.detections, list(dict.fromkeys(self.mask_targets.values())))
-        match_colors(ds, self.mask_targets, f.segmentation, f.detections)
+        if det:
+            make_editable(ds, det, list(dict.fromkeys(self.mask_targets.values())))
+        match_colors(ds, self.mask_targets, seg, det)
 
 
 class _Batch:
@@ -559,16 +624,112 @@ def _load(item: tuple[str, str]) -> Any:
 def _check_collection(coll: fo.core.collections.SampleCollection) -> None:
     if coll.media_type != "image":
         raise ConfigError(
-            f"CaR segments images; this collection's media type is '{coll.media_type}'"
+            f"CaR segments images and videos; this collection's media type is "
+            f"'{coll.media_type}'"
             + (" (select one group slice first)" if coll.media_type == "group" else "")
         )
-    if getattr(coll, "_is_patches", False) or getattr(coll, "_is_frames", False):
+    if getattr(coll, "_is_patches", False):
         raise ConfigError("CaR segments whole images; run it on the dataset, not a patches view")
+    if getattr(coll, "_is_frames", False):
+        sampled = (coll._frames_stage.config or {}).get("sample_frames")
+        if sampled == "dynamic":
+            raise ConfigError(
+                "this frames view reads its frames from the videos (sample_frames='dynamic'); "
+                "run segment on the video collection itself, or on to_frames(sample_frames=True)"
+            )
+
+
+# ---- Where a run's fields live (sample fields, or the frame fields of a video dataset) ----
+
+
+class SampleFields:
+    """A run's fields as sample fields of ``dataset``; values are keyed by sample id."""
+
+    #: What the fields' paths in ``dataset`` start with (mask targets, colours, label schema).
+    prefix = ""
+
+    def __init__(self, dataset: fo.Dataset) -> None:
+        self.dataset = dataset
+
+    def path(self, name: str | None) -> str | None:
+        """The path of field ``name`` in ``dataset`` (None stays None)."""
+        return None if name is None else self.prefix + name
+
+    def schema(self) -> dict[str, Any]:
+        return self.dataset.get_field_schema()
+
+    def has(self, name: str) -> bool:
+        return name in self.schema()
+
+    def declare(self, name: str, ftype: type, **kwargs: Any) -> None:
+        """Add field ``name`` unless it exists."""
+        if not self.has(name):
+            self.dataset.add_sample_field(name, ftype, **kwargs)
+
+    def write(self, name: str, values: Mapping[str, Any]) -> None:
+        self.dataset.set_values(name, dict(values), key_field="id")
+
+
+class FrameFields(SampleFields):
+    """A run's fields as frame fields of the video ``dataset``; values are keyed by video
+    sample id, each a mapping of frame number (from 1) to label."""
+
+    prefix = "frames."
+
+    def schema(self) -> dict[str, Any]:
+        return self.dataset.get_frame_field_schema() or {}
+
+    def declare(self, name: str, ftype: type, **kwargs: Any) -> None:
+        if not self.has(name):
+            self.dataset.add_frame_field(name, ftype, **kwargs)
+
+    def write(self, name: str, values: Mapping[str, Any]) -> None:
+        self.dataset.set_values(self.prefix + name, dict(values), key_field="id")
+
+
+class FramesViewFields(FrameFields):
+    """A run's fields on a frames view (``to_frames()``): sample fields of the view's frames,
+    keyed by frame sample id, written through to the frame fields of its video dataset."""
+
+    def __init__(self, view: fo.core.collections.SampleCollection) -> None:
+        super().__init__(view._root_dataset)
+        self.view = view
+
+    def declare(self, name: str, ftype: type, **kwargs: Any) -> None:
+        super().declare(name, ftype, **kwargs)
+        frames = self.view._frames_dataset
+        if not frames.has_field(name):
+            frames.add_sample_field(name, ftype, **kwargs)
+
+    def write(self, name: str, values: Mapping[str, Any]) -> None:
+        self.view._frames_dataset.set_values(name, dict(values), key_field="id")
+        self.view._sync_source(fields=[name], ids=list(values))
+
+
+def _check_exemplar_names(
+    exemplars: Mapping[str, Exemplars], texts: Sequence[str], where: str
+) -> None:
+    """QueryError when an exemplar query has the name of a text query from ``where``."""
+    folded = {t.casefold() for t in texts}
+    clash = [name for name in exemplars if name.casefold() in folded]
+    if clash:
+        raise QueryError(
+            f"exemplar query {clash[0]!r} has the name of a class in {where}; rename the "
+            "exemplar set or leave that class out"
+        )
+
+
+def _describe_exemplars(exemplars: Exemplars) -> dict[str, Any]:
+    """What the run record says of an exemplar query: its size and, for files, where."""
+    images = exemplars.images
+    paths = [str(i) for i in images] if all(isinstance(i, (str, Path)) for i in images) else None
+    return {"images": len(images), "paths": paths, "boxes": exemplars.to_spec()["boxes"]
+            if paths else None}  # fmt: skip
 
 
 def segment_collection(
     sample_collection: fo.core.collections.SampleCollection,
-    queries: Sequence[str] | str | None = None,
+    queries: Sequence[str | Exemplars] | str | None = None,
     classes_from: str | None = None,
     label_field: str = "car",
     config: CaRConfig | str | Mapping[str, Any] | None = None,
@@ -581,19 +742,27 @@ def segment_collection(
     progress: bool | Callable[[Progress], Any] | None = None,
     **kwargs: Any,
 ) -> RunSummary:
-    """Segment every image of ``sample_collection`` for the given text queries with CaR.
+    """Segment every image of ``sample_collection`` for the given queries with CaR.
 
-    Queries are the classes of ``classes_from`` (``"mask_targets:FIELD"``, ``"classes:FIELD"``,
-    ``"labels:FIELD"``, ``"default_mask_targets"``, ``"default_classes"``) followed by
-    ``queries``. ``config`` is a CaRConfig or a preset name (``"voc"``, ``"mini"``...); extra
-    keyword arguments override its fields, except ``classes`` (the subset of ``classes_from``
-    to use), ``allow_media_dir`` (let ``output_dir`` lie inside the images' folders),
-    ``num_workers`` (decoding threads, 2) and ``prefetch_ahead`` (images decoded ahead, 4).
-    ``outputs`` chooses among ``"segmentation"``
-    (``label_field``, uint8 mask, 0 = background), ``"detections"`` (``<label_field>_det``,
-    editable instance masks with scores) and ``"heatmaps"`` (``<label_field>_heat_<query>``,
-    PNGs under ``output_dir``). Results are written in batches, so an interrupted run keeps
-    what it finished; rerun with ``skip_existing=True`` to complete it.
+    A query is text or an :class:`cliprnn.exemplars.Exemplars` (example images; the field's
+    mask targets name it by its ``name``). Queries are the classes of ``classes_from``
+    (``"mask_targets:FIELD"``, ``"classes:FIELD"``, ``"labels:FIELD"``,
+    ``"default_mask_targets"``, ``"default_classes"``) followed by ``queries``. ``config`` is
+    a CaRConfig or a preset name (``"voc"``, ``"mini"``...); extra keyword arguments override
+    its fields, except ``classes`` (the subset of ``classes_from`` to use),
+    ``allow_media_dir`` (let ``output_dir`` lie inside the images' folders), ``num_workers``
+    (decoding threads, 2) and ``prefetch_ahead`` (images decoded ahead, 4). ``outputs``
+    chooses among ``"segmentation"`` (``label_field``, uint8 mask, 0 = background),
+    ``"detections"`` (``<label_field>_det``, editable instance masks with scores) and
+    ``"heatmaps"`` (``<label_field>_heat_<query>``, PNGs under ``output_dir``). Results are
+    written in batches, so an interrupted run keeps what it finished; rerun with
+    ``skip_existing=True`` to complete it.
+
+    On a video collection the same fields are frame fields (``frames.<label_field>``...):
+    ``frame_step=k`` labels frames 1, 1 + k, ..., ``carry_queries`` (default on) carries the
+    query set from frame to frame, and ``skip_existing`` skips frames; see
+    :class:`cliprnn.fiftyone.video.VideoSegmentationRun`. A frames view (``to_frames()``) is
+    segmented like images, into the video's frame fields.
 
     Example::
 

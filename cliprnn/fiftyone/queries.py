@@ -33,6 +33,7 @@ class ResolvedQueries:
     queries: list[str]
     source: str | None = None
     source_values: dict[str, int] = field(default_factory=dict)
+    source_names: list[str] = field(default_factory=list)  # the classes taken from ``source``
 
 
 def clean_queries(queries: Iterable[str]) -> list[str]:
@@ -179,7 +180,7 @@ def resolve_queries(
         raise QueryError(
             "no queries: give text queries, or a classes_from source with at least one class"
         )
-    return ResolvedQueries(merged, classes_from or None, source_values)
+    return ResolvedQueries(merged, classes_from or None, source_values, source_names)
 
 
 def assign_values(

@@ -398,3 +398,215 @@ def mini_shipped() -> bool:
     from cliprnn.assets import mini_model_paths
 
     return all((p / "config.json").is_file() for p in mini_model_paths())
+
+
+# ------------------------------------------------------------------- grid, operators, checks
+@contextmanager
+def plugin_app(dataset, plugins_dir: Path, log_path: Path):
+    """Yield ``(base, page, errors)``: an App server running this checkout's plugin (``dataset``
+    pre-warmed) and a Chromium page (see :func:`chromium_page`). Skips the test without
+    Chromium or Playwright."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    pytest.importorskip("playwright.sync_api")
+    dataset.count()  # the database is up before the server's first request
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {
+        "FIFTYONE_PLUGINS_DIR": str(plugins_dir),
+        "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
+    }
+    with serve_app(log_path, env=env) as base, chromium_page() as (page, errors):
+        yield base, page, errors
+
+
+def screenshots_dir(default: Path) -> Path:
+    """Where a test saves screenshots: ``$CLIPRNN_SCREENSHOTS`` (``docs/images`` retakes the
+    README's), else ``default``; created."""
+    path = Path(os.environ.get("CLIPRNN_SCREENSHOTS") or default)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def screenshot(page, folder: Path, name: str) -> Path:
+    """Save a screenshot of the page as ``folder/name`` (after letting canvases draw)."""
+    page.wait_for_timeout(1200)  # canvases draw without a DOM signal
+    path = folder / name
+    page.screenshot(path=str(path))
+    return path
+
+
+def select_in_grid(page, indices: Sequence[int]) -> None:
+    """Tick the grid's samples (or patches) at ``indices``, as a person does: hover, checkbox."""
+    grid = page.get_by_test_id("fo-grid")
+    for i in indices:
+        looker = grid.get_by_test_id("looker").nth(i)
+        looker.hover()
+        looker.get_by_test_id("looker-checkbox-").click()
+    _expect()(page.get_by_test_id("action-manage-selected")).to_contain_text(str(len(indices)))
+
+
+def open_operator(page, label: str):
+    """Run the operator labelled ``label`` from the operator browser (of the modal when a
+    sample is open, else the grid's); return its prompt."""
+    scope = modal(page) if modal(page).count() else page.get_by_test_id("fo-grid-actions")
+    scope.get_by_test_id("action-browse-operations").click()
+    _expect()(page.get_by_test_id("operators-browser")).to_be_visible()
+    page.get_by_test_id("operators-browser-search").fill(label)
+    page.get_by_test_id("operators-browser").get_by_text(label, exact=True).click()
+    prompt = page.get_by_test_id("operators-prompt-modal")
+    _expect()(prompt).to_be_visible()
+    return prompt
+
+
+def pick_options(page, prompt, label: str, options: Sequence[str]) -> None:
+    """In an operator form, tick ``options`` of the multi-select that follows the text
+    ``label``, then close its menu with Tab (Escape would close the prompt too)."""
+    prompt.get_by_text(label, exact=True).first.locator(
+        "xpath=following::*[@role='combobox' or @aria-haspopup='listbox'][1]"
+    ).click()
+    for option in options:
+        page.get_by_role("option", name=option, exact=True).click()
+        page.wait_for_timeout(300)
+    page.keyboard.press("Tab")
+    _expect()(page.get_by_role("listbox")).to_have_count(0, timeout=UI_TIMEOUT_MS)
+    _expect()(prompt).to_be_visible()
+    page.wait_for_timeout(500)
+
+
+def finish_prompt(page, prompt, timeout: int = 30_000) -> None:
+    """Close an operator's output view (its Done / Close / OK button)."""
+    import re
+
+    prompt.get_by_role("button", name=re.compile(r"^(Done|Close|OK)$")).first.click()
+    _expect()(prompt).to_have_count(0, timeout=timeout)
+
+
+def wait_until(page, check, timeout: float = 240, what: str = "the database") -> None:
+    """Poll ``check()`` (e.g. a database query) until it is true, waiting with the page."""
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            raise AssertionError(f"{what} did not change within {timeout} s")
+        page.wait_for_timeout(1000)
+
+
+def hover_pixel(page, point: Point, image_size: tuple[int, int]) -> None:
+    """Move the pointer onto image pixel ``point`` of the open sample, arriving from a few
+    pixels away (a move to the same spot fires nothing): the App's tooltip names what lies
+    there."""
+    x, y = image_to_page(page, point, image_size)
+    page.mouse.move(x - 3, y)
+    page.mouse.move(x, y, steps=3)
+
+
+#: Page errors of the App itself that leave what it draws intact: its mask decoder sometimes
+#: reuses a transferred buffer (overlays still draw, as tooltip and pixel checks show).
+APP_INTERNAL_ERRORS = ("Cannot perform Construct on a detached ArrayBuffer",)
+
+
+def unexpected_errors(errors: Sequence[str]) -> list[str]:
+    """The page errors a test should fail on: all but :data:`APP_INTERNAL_ERRORS`."""
+    return [e for e in errors if not any(known in e for known in APP_INTERNAL_ERRORS)]
+
+
+# ------------------------------------------------------------------------ video sample modal
+def _testid(page, tid: str):
+    """An element by ``data-testid`` (the modal's video timeline uses it, not ``data-cy``)."""
+    return page.locator(f"[data-testid={tid}]")
+
+
+def looker_rect(page, size: tuple[int, int]) -> dict:
+    """Where a video of ``size`` (W, H) lies on the page: the modal looker's canvas (the
+    modal's media box also holds the video controls) letterboxed to the video's aspect.
+    Returns ``{"x", "y", "scale"}`` as :func:`image_rect` does."""
+    w, h = size
+    box = modal(page).get_by_test_id("looker").locator("canvas").first.bounding_box()
+    scale = min(box["width"] / w, box["height"] / h)
+    return {
+        "x": box["x"] + (box["width"] - w * scale) / 2,
+        "y": box["y"] + (box["height"] - h * scale) / 2,
+        "scale": scale,
+    }
+
+
+def shown_frame(page) -> int:
+    """The FiftyOne frame number (from 1) the modal's video player shows.
+
+    The timeline reads ``0:00.40 / 0:01.00`` until clicked, then ``#k / #n`` with k counted
+    from 0 (``#0`` is frame 1)."""
+    import re
+
+    label = _testid(page, "timeline-playhead-time")
+    if not label.inner_text().startswith("#"):
+        label.click()
+        _expect()(label).to_have_text(re.compile(r"^#\d+"), timeout=UI_TIMEOUT_MS)
+    return int(re.match(r"#(\d+)", label.inner_text()).group(1)) + 1
+
+
+def play_video(page, timeout: float = 30) -> list[int]:
+    """Press the player's Play button and wait until the shown frame moves on (and the clip
+    ends, or ``timeout``); returns the frame numbers seen."""
+    seen = [shown_frame(page)]
+    _testid(page, "timeline-controls-play-pause").click()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        page.wait_for_timeout(150)
+        now = shown_frame(page)
+        if now != seen[-1]:
+            seen.append(now)
+        elif len(seen) > 1:  # moved, then stopped: the clip ended
+            break
+    if _testid(page, "timeline-controls-play-pause").get_attribute("aria-pressed") == "true":
+        _testid(page, "timeline-controls-play-pause").click()  # pause
+    return seen
+
+
+def seek_frame(page, number: int, tries: int = 64) -> None:
+    """Step the modal's video player (its step buttons) to FiftyOne frame ``number``."""
+    for _ in range(tries):
+        now = shown_frame(page)
+        if now == number:
+            return
+        step = "timeline-controls-step-forward" if now < number else "timeline-controls-step-back"
+        _testid(page, step).click()
+        page.wait_for_timeout(250)
+    raise RuntimeError(f"could not seek to frame {number} (shows {shown_frame(page)})")
+
+
+def overlay_pixels(page, size: tuple[int, int], threshold: int = 100):
+    """``(drawn, bare)`` for the frame the modal's player shows: ``drawn`` [H, W] bool, the
+    video pixels that the label overlays change, and ``bare`` [H, W, 3] the frame without
+    overlays (held Shift hides them), both sampled at pixel centres of a video of ``size``
+    (W, H). Toggling a field's checkbox instead would rewind the player to frame 1."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def grab(wait: int):
+        page.wait_for_timeout(wait)  # canvases draw without a DOM signal
+        return np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
+
+    w, h = size
+    r = looker_rect(page, size)
+    xs = (r["x"] + (np.arange(w) + 0.5) * r["scale"]).astype(int)
+    ys = (r["y"] + (np.arange(h) + 0.5) * r["scale"]).astype(int)
+    # The player takes keys while the pointer is over it: rest it beside the picture (a
+    # tooltip would change pixels), at a new spot each call (a move to the same one fires
+    # nothing).
+    box = modal(page).get_by_test_id("looker").locator("canvas").first.bounding_box()
+    beside = (box["x"] + 4, r["y"] + h * r["scale"] / 2)
+    if r["x"] - box["x"] < 8:  # letterboxed above and below instead
+        beside = (r["x"] + w * r["scale"] / 2, box["y"] + 4)
+    page.mouse.move(beside[0] + 2, beside[1] + 2)
+    page.mouse.move(*beside, steps=2)
+    shown = grab(1200)
+    page.keyboard.down("Shift")
+    try:
+        bare = grab(800)
+    finally:
+        page.keyboard.up("Shift")
+    diff = np.abs(shown.astype(int) - bare.astype(int)).sum(-1) > threshold
+    return diff[np.ix_(ys, xs)], bare[np.ix_(ys, xs)]

@@ -42,7 +42,14 @@ def test_plugin_and_operators_are_discovered_without_errors(plugins_dir) -> None
     assert got["plugins"] == [PLUGIN_URI]
     assert got["ops"] == [
         f"{PLUGIN_URI}/{n}"
-        for n in ("apply_mask_edits", "edit_mask_classes", "resume_run", "segment", "segment_shard")
+        for n in (
+            "apply_mask_edits",
+            "edit_mask_classes",
+            "exemplar_sets",
+            "resume_run",
+            "segment",
+            "segment_shard",
+        )
     ]
     assert got["errors"] == []
     assert not got["torch"] and not got["transformers"]

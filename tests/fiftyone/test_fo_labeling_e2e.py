@@ -8,7 +8,6 @@ Screenshots of each stage go to ``$CLIPRNN_SCREENSHOTS`` (``docs/images`` retake
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -32,9 +31,7 @@ MARGIN = 8  # image pixels kept clear of the canvas edges (toolbars overlay them
 
 @pytest.fixture(scope="module")
 def shots(tmp_root: Path) -> Path:
-    path = Path(os.environ.get("CLIPRNN_SCREENSHOTS") or tmp_root / "labeling-shots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return ad.screenshots_dir(tmp_root / "labeling-shots")
 
 
 @pytest.fixture(scope="module")
@@ -47,29 +44,8 @@ def loop_dataset(tmp_root: Path, scenes_dataset):
 
 @pytest.fixture(scope="module")
 def app(loop_dataset, plugins_dir: Path, tmp_root: Path):
-    if not Path(ad.CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api")
-    loop_dataset.count()  # the database is up before the server's first request
-    repo = str(Path(__file__).resolve().parents[2])
-    env = {
-        "FIFTYONE_PLUGINS_DIR": str(plugins_dir),
-        "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
-    }
-    log = tmp_root / "loop-app-server.log"
-    with ad.serve_app(log, env=env) as base, ad.chromium_page() as (page, errors):
-        yield base, page, errors
-
-
-def _open_operator(page, expect, name: str):
-    scope = ad.modal(page) if ad.modal(page).count() else page.get_by_test_id("fo-grid-actions")
-    scope.get_by_test_id("action-browse-operations").click()
-    expect(page.get_by_test_id("operators-browser")).to_be_visible()
-    page.get_by_test_id("operators-browser-search").fill(name)
-    page.get_by_test_id("operators-browser").get_by_text(name, exact=True).click()
-    prompt = page.get_by_test_id("operators-prompt-modal")
-    expect(prompt).to_be_visible()
-    return prompt
+    with ad.plugin_app(loop_dataset, plugins_dir, tmp_root / "loop-app-server.log") as session:
+        yield session
 
 
 def _wait_db(ds, check, timeout: float = 240) -> None:
@@ -128,13 +104,8 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
 
     # 1. select two samples in the grid, run segment from the operator browser
     ad.goto_dataset(page, base, ds.name, len(ds))
-    grid = page.get_by_test_id("fo-grid")
-    for i in CHOSEN:
-        looker = grid.get_by_test_id("looker").nth(i)
-        looker.hover()
-        looker.get_by_test_id("looker-checkbox-").click()
-    expect(page.get_by_test_id("action-manage-selected")).to_contain_text("2")
-    prompt = _open_operator(page, expect, "Segment with text (CLIP as RNN)")
+    ad.select_in_grid(page, CHOSEN)
+    prompt = ad.open_operator(page, "Segment with text (CLIP as RNN)")
     expect(prompt.get_by_text("Current selection").first).to_be_visible(timeout=60_000)
     ad.pick_option(page, prompt, "Classes from the dataset", "Mask targets of 'ground_truth'")
     expect(prompt.get_by_text("white diamond", exact=True)).to_be_visible(timeout=15_000)
@@ -185,7 +156,7 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
 
     # 3. fold the edits back from the operator browser, with the sample still open
     ad.deselect(page)
-    prompt = _open_operator(page, expect, "Apply mask edits (CLIP as RNN)")
+    prompt = ad.open_operator(page, "Apply mask edits (CLIP as RNN)")
     expect(prompt.get_by_text("car_det", exact=True).first).to_be_visible(timeout=60_000)
     execute = prompt.get_by_role("button", name="Execute", exact=True)
     expect(execute).to_be_enabled(timeout=15_000)

@@ -395,13 +395,15 @@ def test_values_above_255_switch_masks_to_uint16(make_dataset, tiny_config) -> N
 
 
 def test_non_image_collections_are_refused(make_dataset, tiny_config) -> None:
-    videos = fo.Dataset()
+    groups = fo.Dataset()
     try:
-        videos.add_sample(fo.Sample(filepath="/nonexistent/clip.mp4"))
-        with pytest.raises(ConfigError, match="media type is 'video'"):
-            segment_collection(videos, QUERIES, config=tiny_config, progress=False)
+        groups.add_group_field("group", default="left")
+        group = fo.Group()
+        groups.add_sample(fo.Sample(filepath="/nonexistent/a.png", group=group.element("left")))
+        with pytest.raises(ConfigError, match=r"media type is 'group'.*one group slice"):
+            segment_collection(groups, QUERIES, config=tiny_config, progress=False)
     finally:
-        videos.delete()
+        groups.delete()
     ds = make_dataset(1)
     ds.set_values("boxes", [fo.Detections(detections=[fo.Detection(label="a")])])
     with pytest.raises(ConfigError, match="patches view"):

@@ -199,6 +199,7 @@ def test_zoo_import_of_the_root_module_keeps_the_plugin_intact(zoo_dir: Path) ->
         "EditMaskClasses",
         "SegmentShard",
         "ResumeRun",
+        "ExemplarSets",
     ]
     assert all(r.startswith("cliprnn.clip-as-rnn.operators.") for r in plugin.registered)
 
