@@ -183,15 +183,14 @@ class MaskClassifier:
             if trace:
                 extras["template_probs"] = probs.numpy().astype(np.float32)
         else:
-            text = self.ensemble_text_features(queries)
             image = self._image_features(prompted, 1)
             if exemplars:
-                from cliprnn.exemplars import calibrated_logits
+                from cliprnn.exemplars import calibrated_logits, query_columns
 
-                text = text.clone()
-                for j, feature in exemplars.items():
-                    text[j] = feature.to(text.dtype)
+                embed = self.ensemble_text_features
+                text = query_columns(n, exemplars, lambda rows: embed([queries[j] for j in rows]))
                 scores = calibrated_logits(image, text, scale, calibration).softmax(dim=-1)
             else:
+                text = self.ensemble_text_features(queries)
                 scores = ensemble_scores(image, text, scale)
         return scores.numpy().astype(np.float32), extras

@@ -10,7 +10,7 @@ logit scale (``CaRConfig.exemplar_cam_calibration`` / ``exemplar_classifier_cali
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,6 +279,28 @@ def _prompted(exemplars: Exemplars, config: CaRConfig | None) -> list[np.ndarray
                     config.mask_threshold, faithful=False,
                 )
             )  # fmt: skip
+    return out
+
+
+def query_columns(
+    count: int,
+    exemplars: Mapping[int, torch.Tensor],
+    embed_texts: Callable[[list[int]], torch.Tensor],
+) -> torch.Tensor:
+    """[count, d]: row j is ``exemplars[j]``, or, for the other rows, ``embed_texts(rows)``'s.
+
+    Only the text rows are embedded, so an exemplar query's name never goes through a text pass.
+    """
+    import torch
+
+    text_rows = [j for j in range(count) if j not in exemplars]
+    texts = embed_texts(text_rows) if text_rows else None
+    like = texts if texts is not None else next(iter(exemplars.values()))
+    out = torch.empty(count, like.shape[-1], dtype=like.dtype, device=like.device)
+    if texts is not None:
+        out[text_rows] = texts
+    for j, feature in exemplars.items():
+        out[j] = feature.to(out.device, out.dtype)
     return out
 
 

@@ -241,13 +241,18 @@ class ProposalGenerator:
         if n == 0:
             return np.zeros((0, *state.image_hw), dtype=np.float32), {"timings": timings}
         with timed(timings, "text"):
-            fg = backend.encode_text(cam_texts)
-            # the reference averages over a single template, then renormalises
-            fg = fg / fg.norm(dim=-1, keepdim=True)
-            if exemplars:  # their placeholder texts' rows are replaced
-                fg = fg.clone()
-                for j, feature in exemplars.items():
-                    fg[j] = feature.to(fg.device, fg.dtype)
+
+            def embed(texts: list[str]) -> torch.Tensor:
+                fg = backend.encode_text(texts)
+                # the reference averages over a single template, then renormalises
+                return fg / fg.norm(dim=-1, keepdim=True)
+
+            if exemplars:
+                from cliprnn.exemplars import query_columns
+
+                fg = query_columns(n, exemplars, lambda rows: embed([cam_texts[j] for j in rows]))
+            else:
+                fg = embed(cam_texts)
             bg = (
                 backend.text_ensemble(background, [cfg.background_template])
                 if background
