@@ -121,9 +121,7 @@ class SplitScore:
         index = values if values is not None else {q: i for i, q in enumerate(self.labels)}
         lookup = np.zeros(len(result.queries) + 1, np.int64)
         lookup[1:] = [index[q] for q in result.queries]
-        self.matrices[k], self.missed[k] = image_confusion(
-            lookup[result.label_map], gt, len(self.labels)
-        )
+        self.add_labels(k, lookup[result.label_map], gt)
         kept = set(result.kept)
         absent = [q for q in result.queries if q not in present]
         self.counts += (
@@ -134,6 +132,17 @@ class SplitScore:
         )
         self.steps += result.steps
 
+    def add_labels(self, k: int, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Add a label map ``pred`` (values index ``labels``) against ``gt`` to the counts of
+        item ``k`` (an image, or a clip whose frames all count as item ``k``)."""
+        matrix, missed = image_confusion(pred, gt, len(self.labels))
+        self.matrices[k] += matrix
+        self.missed[k] += missed
+
+    def interval(self, resamples: int = BOOTSTRAP) -> list[float]:
+        """The 95 % bootstrap interval of :meth:`miou`, items resampled."""
+        return list(bootstrap_interval(self.matrices, self.missed, resamples))
+
     def miou(self) -> float:
         """mIoU in % over the whole split."""
         return 100.0 * miou_of(self.matrices.sum(axis=0), self.missed.sum(axis=0))
@@ -143,7 +152,7 @@ class SplitScore:
         c = self.counts
         return {
             f"{name}_miou": self.miou(),
-            f"{name}_miou_ci": list(bootstrap_interval(self.matrices, self.missed, resamples)),
+            f"{name}_miou_ci": self.interval(resamples),
             f"{name}_absent_dropped": float(c[1] / max(c[0], 1)),
             f"{name}_present_kept": float(c[3] / max(c[2], 1)),
             f"{name}_mean_steps": self.steps / max(self.images, 1),

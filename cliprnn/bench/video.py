@@ -26,14 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cliprnn.bench.accuracy import (
-    BOOTSTRAP,
-    bootstrap_interval,
-    describe_seeds,
-    image_confusion,
-    miou_of,
-    paired_gain_interval,
-)
+from cliprnn.bench.accuracy import BOOTSTRAP, SplitScore, describe_seeds, paired_gain_interval
 from cliprnn.clips import DEFAULT_FRAMES, Clip, generate_clip
 from cliprnn.config import CaRConfig
 from cliprnn.scenes import CLASSES, DEFAULT_SIZE
@@ -108,14 +101,10 @@ def run_video_benchmark(
     if unknown:
         raise ValueError(f"unknown modes {unknown}; choose from {list(MODES)}")
     car = CaR(config if config is not None else CaRConfig.preset("mini")).load()
-    n = len(CLASSES) + 1
-    lookup = np.arange(n, dtype=np.int64)  # the full list is CLASSES, in order
-
-    def per_clip() -> tuple[np.ndarray, np.ndarray]:  # (confusion matrices, missed) per clip
-        return np.zeros((len(seeds), n, n), np.int64), np.zeros((len(seeds), n), np.int64)
-
-    labelled = {m: per_clip() for m in names}
-    held = {m: per_clip() for m in names}
+    lookup = np.arange(len(CLASSES) + 1, dtype=np.int64)  # the full list is CLASSES, in order
+    labels = ("background", *CLASSES)
+    labelled = {m: SplitScore(len(seeds), labels) for m in names}  # one item per clip
+    held = {m: SplitScore(len(seeds), labels) for m in names}
     stats: dict[str, dict[str, Any]] = {
         m: {"seconds": 0.0, "steps": 0, "queries": 0, "frames": 0, "starts": {}} for m in names
     }
@@ -140,9 +129,7 @@ def run_video_benchmark(
                     if r.result.queries != list(CLASSES):
                         raise RuntimeError(f"query list changed: {r.result.queries}")
                     maps[r.index] = lookup[r.result.label_map]
-                    m, miss = image_confusion(maps[r.index], clip.label_maps[r.index], n)
-                    labelled[mode][0][k] += m
-                    labelled[mode][1][k] += miss
+                    labelled[mode].add_labels(k, maps[r.index], clip.label_maps[r.index])
                     s = stats[mode]
                     s["steps"] += r.steps
                     s["queries"] += len(r.queried)
@@ -151,21 +138,23 @@ def run_video_benchmark(
                     if r.start == "scene_cut":
                         cuts[mode][0 if r.index == first_after_cut(clip, step) else 1] += 1
                 for t in range(len(clip)):
-                    m, miss = image_confusion(maps[t - t % step], clip.label_maps[t], n)
-                    held[mode][0][k] += m
-                    held[mode][1][k] += miss
+                    held[mode].add_labels(k, maps[t - t % step], clip.label_maps[t])
             if progress is not None:
                 progress(k + 1, len(seeds))
     report: dict[str, Any] = {}
     for mode in names:
         s = stats[mode]
-        for key, (mats, missed) in (("miou", labelled[mode]), ("held_miou", held[mode])):
-            report[f"{mode}_{key}"] = 100.0 * miou_of(mats.sum(axis=0), missed.sum(axis=0))
-            report[f"{mode}_{key}_ci"] = list(bootstrap_interval(mats, missed, resamples))
+        for key, score in (("miou", labelled[mode]), ("held_miou", held[mode])):
+            report[f"{mode}_{key}"] = score.miou()
+            report[f"{mode}_{key}_ci"] = score.interval(resamples)
         if "scratch" in names:
             report[f"{mode}_gain"] = report[f"{mode}_held_miou"] - report["scratch_held_miou"]
             report[f"{mode}_gain_ci"] = list(
-                paired_gain_interval(held[mode], held["scratch"], resamples)
+                paired_gain_interval(
+                    (held[mode].matrices, held[mode].missed),
+                    (held["scratch"].matrices, held["scratch"].missed),
+                    resamples,
+                )
             )
         report[f"{mode}_seconds_per_frame"] = s["seconds"] / max(frames_total, 1)
         report[f"{mode}_mean_steps"] = s["steps"] / max(s["frames"], 1)
