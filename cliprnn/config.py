@@ -306,9 +306,9 @@ def _mini_preset() -> dict[str, Any]:
 MINI_PRESET: dict[str, Any] = dict(
     mask_threshold=0.5, confidence_threshold=0.05, clipes_threshold=0.4, cam_layer=-1,
     refine_affinity=False,
-    visual_prompts=("circle", "blur"), max_image_side=512,
+    visual_prompts=("circle", "blur", "gray"), max_image_side=512,
     # `python -m cliprnn calibrate-exemplars` (3 exemplars per class, training seeds)
-    exemplar_cam_calibration=(0.6379, 0.1457), exemplar_classifier_calibration=(0.6944, 0.0495),
+    exemplar_cam_calibration=(0.6379, 0.1457), exemplar_classifier_calibration=(0.6918, -0.0361),
     background_words=("sky", "grass", "water", "wall", "road", "ground"),
 )  # fmt: skip
 

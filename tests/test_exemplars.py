@@ -177,10 +177,10 @@ def _keep_rates(car, k: int = 3, classes: tuple[str, ...] = KEEP_CLASSES):
     return shown[0] / shown[1], absent[0] / absent[1]
 
 
-#: Measured 2026-12-02 (3 exemplars, calibrated mini preset): kept on 0.60 of the 40 scenes
-#: showing the class, 0.125 of the 40 without it; randomly initialised models of the shipped
-#: shape: 0.25 and 0.20 (the slow test below checks that they fail).
-KEEP_BOUNDS = {"shown": 0.45, "ratio": 2.5}
+#: Measured 2026-12-02 (3 exemplars, calibrated mini preset, the 96 px classifier): kept on
+#: 0.60 of the 40 scenes showing the class, 0.075 of the 40 without it; randomly initialised
+#: models of the shipped shape: 0.25 and 0.20 (the slow test below checks that they fail).
+KEEP_BOUNDS = {"shown": 0.5, "ratio": 4.0}
 
 
 def _keep_failures(shown: float, absent: float) -> list[str]:
