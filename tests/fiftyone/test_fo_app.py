@@ -311,6 +311,9 @@ def test_app_runs_segment_on_selected_sample(
     cb = modal.get_by_test_id("checkbox-car_app")
     if not cb.locator("input").is_checked():
         cb.click()
+    detections = modal.get_by_test_id("checkbox-car_app_det")
+    if detections.locator("input").is_checked():  # the mask alone reads better
+        detections.click()
     page.wait_for_timeout(1500)
     page.screenshot(path=str(shots_dir / "segment_result.png"))
     page.keyboard.press("Escape")
