@@ -208,7 +208,12 @@ def open_annotate_tab(page, require_labels: bool = True, timeout: int = UI_TIMEO
     _expect()(labels.first.or_(add_schema).or_(empty).first).to_be_visible(timeout=timeout)
     state = "labels" if labels.count() else "add-schema" if add_schema.count() else "no-labels"
     if require_labels and state != "labels":
-        raise AnnotateUnavailable(f"Annotate tab shows {state!r}")
+        # a loaded machine can show the page drawn before the schemas arrived: wait for them
+        try:
+            _expect()(labels.first).to_be_visible(timeout=timeout)
+        except AssertionError:
+            raise AnnotateUnavailable(f"Annotate tab shows {state!r}") from None
+        state = "labels"
     return state
 
 
