@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -172,8 +172,21 @@ def _media_box(page):
     for tid in ("lighter-sample-renderer-canvas", "sample-canvas", "modal-looker-container"):
         loc = modal(page).get_by_test_id(tid)
         if loc.count() and loc.first.is_visible():
-            return loc.first.bounding_box()
+            box = loc.first.bounding_box()
+            if box and box["width"] > 0 and box["height"] > 0:
+                return box
     return None
+
+
+def wait_for_media_box(page, timeout: int = UI_TIMEOUT_MS) -> dict:
+    """The modal's media box, waiting for it: after a tab switch or a field toggle the App
+    redraws the modal, and on a loaded machine its canvas can be missing for a while."""
+    deadline = time.time() + timeout / 1000
+    while (box := _media_box(page)) is None:
+        if time.time() > deadline:
+            raise RuntimeError(f"the modal shows no media after {timeout / 1000:.0f} s")
+        page.wait_for_timeout(250)
+    return box
 
 
 def ensure_field_shown(page, field: str) -> None:
@@ -261,9 +274,7 @@ def image_rect(page, image_size: tuple[int, int]) -> dict:
     App's initial zoom (do not zoom or pan first).
     """
     w, h = image_size
-    box = _media_box(page)
-    if box is None:
-        raise RuntimeError("the modal shows no media")
+    box = wait_for_media_box(page)
     scale = min(box["width"] / w, box["height"] / h)
     return {
         "x": box["x"] + (box["width"] - w * scale) / 2,
@@ -497,13 +508,31 @@ def wait_until(page, check, timeout: float = 240, what: str = "the database") ->
         page.wait_for_timeout(1000)
 
 
-def hover_pixel(page, point: Point, image_size: tuple[int, int]) -> None:
-    """Move the pointer onto image pixel ``point`` of the open sample, arriving from a few
-    pixels away (a move to the same spot fires nothing): the App's tooltip names what lies
-    there."""
-    x, y = image_to_page(page, point, image_size)
-    page.mouse.move(x - 3, y)
-    page.mouse.move(x, y, steps=3)
+def _hover(page, at: Point, offset: int = 0) -> None:
+    x, y = at
+    page.mouse.move(x - 3, y + offset)
+    page.mouse.move(x, y + offset, steps=3)
+
+
+def hover_until_text(page, where: Callable[[], Point], text: str, timeout: int = 30_000) -> None:
+    """Hover page point ``where()`` until the App shows ``text`` (its tooltip over a label).
+
+    The App draws a sample's overlays some time after the modal opens (longer on a loaded
+    machine) and shows a tooltip only on a pointer move, so the pointer arrives again, a
+    pixel higher or lower each time, until the text shows or ``timeout`` (ms) passes.
+    """
+    shown = page.get_by_text(text, exact=True).first
+    deadline = time.time() + timeout / 1000
+    for i in itertools.count():
+        _hover(page, where(), offset=(i % 3) - 1)
+        try:
+            _expect()(shown).to_be_visible(timeout=1500)
+            return
+        except AssertionError:
+            if time.time() > deadline:
+                raise AssertionError(
+                    f"no tooltip naming {text!r} after {timeout / 1000:.0f} s of hovering"
+                ) from None
 
 
 #: Page errors of the App itself that leave what it draws intact: its mask decoder sometimes

@@ -108,8 +108,8 @@ def test_store_a_selection_as_exemplars_and_segment_with_it(app, pictures_datase
     ad.ensure_field_shown(page, "car")
     ys, xs = np.nonzero(masks[sid] == value)
     centre = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)  # a pixel of the set
-    ad.hover_pixel(page, (xs[centre] + 0.5, ys[centre] + 0.5), SIZE)
-    expect(page.get_by_text(NAME, exact=True).first).to_be_visible(timeout=15_000)
+    point = (xs[centre] + 0.5, ys[centre] + 0.5)
+    ad.hover_until_text(page, lambda: ad.image_to_page(page, point, SIZE), NAME)
     ad.screenshot(page, shots, "exemplars_4_result.png")
     ad.close_modal(page)
     assert not ad.unexpected_errors(errors), errors

@@ -191,11 +191,9 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
             cb.click()
     page.wait_for_timeout(1500)
     (xa, ya), (xb, _) = brush_pts
-    probe = ad.image_to_page(page, ((xa + xb) / 2, ya), SIZE)
-    page.mouse.move(probe[0] - 3, probe[1])
-    page.mouse.move(*probe, steps=3)
+    probe = ((xa + xb) / 2, ya)
     # the tooltip names the class under the pointer: the edited instance's, not the old one
-    expect(page.get_by_text(target.label, exact=True).first).to_be_visible(timeout=15_000)
+    ad.hover_until_text(page, lambda: ad.image_to_page(page, probe, SIZE), target.label)
     _shot(page, shots, "labeling_6_folded_back.png")
     ad.close_modal(page)
 

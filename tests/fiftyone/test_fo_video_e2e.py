@@ -126,11 +126,12 @@ def test_segment_a_video_dataset_and_see_a_frame_mask_in_the_player(
     ys, xs = np.nonzero(masks[target])
     centre = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
     value = int(masks[target][ys[centre], xs[centre]])
-    r = ad.looker_rect(page, SIZE)
-    page.mouse.move(r["x"] + xs[centre] * r["scale"] - 3, r["y"] + ys[centre] * r["scale"])
-    page.mouse.move(r["x"] + (xs[centre] + 0.5) * r["scale"],
-                    r["y"] + (ys[centre] + 0.5) * r["scale"], steps=3)  # fmt: skip
-    expect(page.get_by_text(queries[value - 1], exact=True).first).to_be_visible(timeout=15_000)
+
+    def centre_on_page() -> tuple[float, float]:
+        r = ad.looker_rect(page, SIZE)
+        return r["x"] + (xs[centre] + 0.5) * r["scale"], r["y"] + (ys[centre] + 0.5) * r["scale"]
+
+    ad.hover_until_text(page, centre_on_page, queries[value - 1])
     assert ad.shown_frame(page) == target  # hovering did not move the player
     ad.screenshot(page, shots, "video_2_frame_mask.png")
     ad.close_modal(page)
