@@ -59,12 +59,15 @@ def prompt_classification(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="zero-shot checks of a miniature CLIP folder")
     ap.add_argument("model_dir", type=Path)
-    ap.add_argument("--seeds", default="990000:990050")
+    # held-out scenes: pair seeds below TRAIN_SEED_LIMIT may have been trained on
+    ap.add_argument("--seeds", default="70500000:70500060", help="START:END")
+    ap.add_argument("--prompts", default="circle,blur", help="comma-separated visual prompts")
     args = ap.parse_args(argv)
     a, b = (int(x) for x in args.seeds.split(":"))
+    prompts = tuple(args.prompts.split(","))
     out = {
-        "faithful_tower": prompt_classification(args.model_dir, range(a, b)),
-        "full_tower": prompt_classification(args.model_dir, range(a, b), truncated=False),
+        "faithful_tower": prompt_classification(args.model_dir, range(a, b), prompts),
+        "full_tower": prompt_classification(args.model_dir, range(a, b), prompts, truncated=False),
     }
     print(json.dumps(out, indent=2))
 
