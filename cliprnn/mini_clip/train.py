@@ -425,6 +425,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--batch", type=int, default=96)
     ap.add_argument(
+        "--hires-every",
+        type=int,
+        default=3,
+        help="every N-th batch a third of the size at twice the side (0: never; the "
+        "classifier role never)",
+    )
+    ap.add_argument(
         "--steps",
         type=int,
         default=None,
@@ -470,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
             **(
                 {"mix": "classifier", "heads": ("cls", "penultimate"), "hires_every": 0}
                 if args.role == "classifier"
-                else {}
+                else {"hires_every": args.hires_every}
             ),
         )
         roles = ("classifier",) if args.role == "classifier" else ("proposal", "classifier")
