@@ -317,4 +317,4 @@ def test_app_runs_segment_on_selected_sample(
     page.wait_for_timeout(1500)
     page.screenshot(path=str(shots_dir / "segment_result.png"))
     page.keyboard.press("Escape")
-    assert not errors, errors
+    assert not ad.unexpected_errors(errors), errors
