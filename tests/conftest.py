@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 _TMP = Path(tempfile.mkdtemp(prefix="cliprnn-tests-"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("CLIPRNN_SHARED_DIR", REPO_ROOT.parent / "shared"))
-GOLDEN_DIR = SHARED_DIR / "golden"
+# Outputs of the reference CaR code with their checksums (tests/golden/README.md).
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
 
 # Set before anything imports transformers or fiftyone.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +30,11 @@ os.environ["CLIPRNN_CACHE_DIR"] = ""
 
 import pytest  # noqa: E402
 
+# The library, imported before pytest sets up the repository root: the root is a package (the
+# FiftyOne plugin), and pytest imports its `__init__.py` under the name of the folder that holds
+# it (`cliprnn` in a clone named so) unless a module of that name is already loaded.
+import cliprnn  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def tmp_root() -> Path:
@@ -44,8 +50,28 @@ def tiny_clip_dir(tmp_root: Path) -> Path:
                             image_size=32, seed=0)  # fmt: skip
 
 
+def golden_problems(folder: Path = GOLDEN_DIR) -> list[str]:
+    """Every file of SHA256SUMS in ``folder`` that is missing or has another checksum."""
+    sums = folder / "SHA256SUMS"
+    if not sums.is_file():
+        return [f"{sums} is missing"]
+    problems = []
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split(maxsplit=1)
+        path = folder / name.lstrip("*")
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"{path} does not match its SHA256SUMS entry")
+    return problems
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    if not (GOLDEN_DIR / "tiny_clip_seed1_fp16.safetensors").exists():
-        pytest.skip(f"golden data not found at {GOLDEN_DIR}")
+    """The golden parity set, checked against its SHA256SUMS: a missing file is a failure."""
+    problems = golden_problems()
+    if problems:
+        pytest.fail("golden parity data damaged: " + "; ".join(problems), pytrace=False)
     return GOLDEN_DIR

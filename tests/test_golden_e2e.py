@@ -1,8 +1,8 @@
-"""End-to-end parity with the reference CaR implementation on the shared golden cases.
+"""End-to-end parity with the reference CaR implementation on the golden cases (tests/golden).
 
 Image + weights in, everything out: the same live and kept queries at every step, proposals and
 score matrices within the golden README's end-to-end tolerances, label maps equal on ≥ 99.9 %
-of pixels (the issue asks for 99.5 %; the README's measured spread is 0.1 %).
+of pixels (the golden README's suggested tolerance: ≤ 0.1 % of pixels differ).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each stage gets the reference's own inputs from ``expected.npz`` (see the golden README,
 section 6): visual prompts from the reference proposals, scores from the reference template
-probabilities (and, when the CLIP backend is available, from the reference prompted images),
+probabilities (and, through the CLIP backend, from the reference prompted images),
 the CRF from the last step's reference proposals, label maps from the reference masks.
 """
 
@@ -164,12 +164,13 @@ def test_label_map(case: Case) -> None:
 
 @pytest.fixture(scope="module")
 def golden_backend(golden_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    backend_mod = pytest.importorskip("cliprnn.clip_backend")
-    convert = pytest.importorskip("cliprnn.convert")
-    folder = convert.convert_openai_checkpoint(
+    from cliprnn.clip_backend import ClipBackend
+    from cliprnn.convert import convert_openai_checkpoint
+
+    folder = convert_openai_checkpoint(
         golden_dir / "tiny_clip_seed1_fp16.safetensors", tmp_path_factory.mktemp("golden-clip")
     )
-    return backend_mod.ClipBackend.load(str(folder), device="cpu", role="classifier")
+    return ClipBackend.load(str(folder), device="cpu", role="classifier")
 
 
 @pytest.mark.parametrize("single_pass", [True, False])
