@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -11,6 +12,8 @@ from typing import Any
 
 import fiftyone as fo
 import fiftyone.core.utils as fou
+import pymongo.errors
+from fiftyone import ViewField as F
 
 from cliprnn.config import CaRConfig
 from cliprnn.errors import CaRError, ConfigError, QueryError
@@ -18,9 +21,10 @@ from cliprnn.exemplars import Exemplars, split_queries
 from cliprnn.fiftyone import labels as L
 from cliprnn.fiftyone.annotation import make_editable, match_colors
 from cliprnn.fiftyone.engine import get_car, resolve_config
+from cliprnn.fiftyone.faults import fault_point
 from cliprnn.fiftyone.files import validate_output_dir, write_png_atomic
 from cliprnn.fiftyone.instances import DEFAULT_INSTANCES, INSTANCE_MODES
-from cliprnn.fiftyone.lock import FieldLock
+from cliprnn.fiftyone.lock import FieldLock, dataset_edit
 from cliprnn.fiftyone.queries import (
     assign_values,
     clean_queries,
@@ -48,6 +52,20 @@ class SampleError(CaRError, RuntimeError):
         )
         self.sample_id = sample_id
         self.filepath = filepath
+        self.cause = cause
+
+
+class DatabaseError(CaRError, RuntimeError):
+    """The database could not be reached (or refused a write) while the run wrote results."""
+
+    def __init__(self, written: int, pending: int, cause: BaseException) -> None:
+        super().__init__(
+            f"the database could not take the results of {pending} sample(s) "
+            f"({type(cause).__name__}: {cause}). The {written} sample(s) written before are "
+            "kept, each whole; once the database is back, rerun with skip_existing=True to "
+            "complete the run"
+        )
+        self.written = written
         self.cause = cause
 
 
@@ -178,33 +196,15 @@ class SegmentationRun:
                               f"the classes of {classes_from!r}")  # fmt: skip
         self.queries = resolved.queries
         self.classes_from = resolved.source
+        self.source_values = resolved.source_values
         L.check_field_name(label_field)
-
-        targets_key = self.store.prefix + label_field
-        existing = self.dataset.mask_targets.get(targets_key) if not overwrite else None
-        self.values = assign_values(self.queries, resolved.source_values, existing)
-        self.fields = L.output_fields(label_field, self.outputs, self.values)
-        self._check_fields(overwrite, skip_existing)
-        self.mask_targets = {
-            **{int(k): v for k, v in (existing or {}).items()},
-            **{v: q for q, v in self.values.items()},
-        }
-        self.dtype = L.mask_dtype(max(self.mask_targets))
+        self.label_field = label_field
         self.overwrite, self.skip_existing = overwrite, skip_existing
         self.skip_failures = skip_failures
         self.batch_size, self.num_workers = batch_size, max(0, int(num_workers))
         self.prefetch_ahead = max(0, int(prefetch_ahead))
-
-        todo = self._pending(coll) if skip_existing else coll
-        self.ids, self.paths = todo.values(["id", "filepath"])
-        self.skipped = coll.count() - len(self.ids) if skip_existing else 0
-        no_queries: list[str] = []
-        if self.per_sample is not None:
-            keep = [bool(self.per_sample.get(sid)) for sid in self.ids]
-            no_queries = [sid for sid, k in zip(self.ids, keep, strict=True) if not k]
-            self.ids = [sid for sid, k in zip(self.ids, keep, strict=True) if k]
-            self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
-            self.skipped += len(no_queries)
+        self.summary = RunSummary(label_field, [], {}, run_key=run_key_for(label_field))
+        self._plan()
 
         self.output_dir: Path | None = None
         if output_dir:
@@ -216,15 +216,55 @@ class SegmentationRun:
             self.output_dir = validate_output_dir(root, (), True) / label_field
         #: The engine; ``load_model=False`` (planning a sharded run) leaves it to the workers.
         self.car = get_car(self.config) if load_model else None
-        self.summary = RunSummary(
-            label_field,
-            self.fields.all(),
-            dict(sorted(self.mask_targets.items())),
-            skipped=self.skipped,
-            run_key=run_key_for(label_field),
-            output_dir=str(self.output_dir) if self.output_dir else None,
-            no_queries=no_queries,
-        )
+        self.summary.output_dir = str(self.output_dir) if self.output_dir else None
+
+    def _plan(self) -> None:
+        """Decide everything that depends on the field's current state: mask values (the
+        field's existing classes keep theirs), output fields, the field checks, and the
+        samples to segment. Done when the run is built (to fail early) and again under the
+        field's lock (the state may have changed while the models loaded)."""
+        targets_key = self.store.prefix + self.label_field
+        existing = {int(k): v for k, v in self.dataset.mask_targets.get(targets_key, {}).items()}
+        if existing and self.overwrite and self._rewrites_whole_field():
+            existing = {}  # every sample holding the field is relabelled: its classes go
+        self.values = assign_values(self.queries, self.source_values, existing)
+        self.fields = L.output_fields(self.label_field, self.outputs, self.values)
+        self._check_fields(self.overwrite, self.skip_existing)
+        self.mask_targets = {**existing, **{v: q for q, v in self.values.items()}}
+        self.dtype = L.mask_dtype(max(self.mask_targets))
+
+        every, paths = self.collection.values(["id", "filepath"])
+        pending = self._pending(self.collection) if self.skip_existing else None
+        pairs = zip(every, paths, strict=True)
+        todo = [(s, p) for s, p in pairs if pending is None or s in pending]
+        self.ids, self.paths = [s for s, _ in todo], [p for _, p in todo]
+        self.skipped = len(every) - len(self.ids)
+        no_queries: list[str] = []
+        if self.per_sample is not None:
+            keep = [bool(self.per_sample.get(sid)) for sid in self.ids]
+            no_queries = [sid for sid, k in zip(self.ids, keep, strict=True) if not k]
+            self.ids = [sid for sid, k in zip(self.ids, keep, strict=True) if k]
+            self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
+            self.skipped += len(no_queries)
+        self.summary.fields = self._summary_fields()
+        self.summary.mask_targets = dict(sorted(self.mask_targets.items()))
+        self.summary.skipped = self.skipped
+        self.summary.no_queries = no_queries
+
+    def _summary_fields(self) -> list[str]:
+        """The fields the summary lists."""
+        return self.fields.all()
+
+    def _rewrites_whole_field(self) -> bool:
+        """True when every sample (frame) that holds the field is relabelled by this run, so
+        the field's old classes mean nothing any more; a run on a subset keeps them."""
+        if self.skip_existing:
+            return False
+        path = self.store.prefix + self.label_field
+        if not self.store.has(self.label_field):
+            return True
+        own = self.label_field if getattr(self.collection, "_is_frames", False) else path
+        return self.collection.count(own) >= self.dataset.count(path)
 
     def _check_media(self, coll: fo.core.collections.SampleCollection) -> None:
         """ConfigError unless the run can segment ``coll``'s media."""
@@ -240,11 +280,28 @@ class SegmentationRun:
             store = SampleFields(self.dataset)
         return store, store
 
-    def _pending(
-        self, coll: fo.core.collections.SampleCollection
-    ) -> fo.core.collections.SampleCollection:
-        """The samples of ``coll`` that ``skip_existing`` leaves to segment."""
-        return coll.exists(self.fields.primary, False)
+    def _pending(self, coll: fo.core.collections.SampleCollection) -> set[str] | None:
+        """The ids of the samples of ``coll`` that ``skip_existing`` leaves to segment (None:
+        all): those lacking any output the run writes on every sample (mask, instances,
+        scores), or whose mask or heatmap file is gone."""
+        f = self.fields
+        missing = None
+        for name in (f.segmentation, f.detections, f.scores):
+            if not name:
+                continue
+            if not self.store.has(name):
+                return None
+            lacks = F(name) == None  # noqa: E711 (a query expression)
+            missing = lacks if missing is None else missing | lacks
+        ids = set(coll.match(missing).values("id")) if missing is not None else set()
+        files = [f"{f.segmentation}.mask_path"] if f.segmentation else []
+        files += [f"{name}.map_path" for name in f.heatmaps.values() if self.store.has(name)]
+        for path in files:
+            have = coll.exists(path)
+            for sid, file in zip(*have.values(["id", path]), strict=True):
+                if not os.path.exists(file):
+                    ids.add(sid)
+        return ids
 
     def _check_fields(self, overwrite: bool, skip_existing: bool) -> None:
         schema = self.store.schema()
@@ -291,9 +348,13 @@ class SegmentationRun:
         """
         lock = FieldLock(str(self.dataset._doc.id), self.dataset.name, self.fields.label_field)
         with lock:
+            self.dataset.reload()
+            self._plan()  # decided again under the lock: the field may have changed meanwhile
             self._prepare_dataset()
             record_run(self.collection, self.fields.label_field, self._record())
+            fault_point("prepared")
             yield from self.segment_samples(lambda done: lock.refresh())
+            fault_point("finished")
             record_run_results(self.collection, self.fields.label_field, self.summary.to_dict())
 
     def segment_samples(self, on_write: Callable[[int], Any] | None = None) -> Iterator[Progress]:
@@ -503,7 +564,12 @@ class SegmentationRun:
         """Write and empty ``batch``; returns how many samples it held."""
         labels, errors = batch.take()
         if errors:
-            self._write(labels, errors)
+            fault_point("before_write")
+            try:
+                self._write(labels, errors)
+            except pymongo.errors.PyMongoError as e:
+                raise DatabaseError(self.summary.processed, len(errors), e) from e
+            fault_point("after_write")
             self.summary.processed += sum(v is None for v in errors.values())
         return len(errors)
 
@@ -541,17 +607,28 @@ class SegmentationRun:
         return labels
 
     def _write(self, labels: dict[str, dict[str, Any]], errors: dict[str, str | None]) -> None:
-        for name, values in labels.items():
-            if values:
-                self.store.write(name, values)
-        if errors and (any(errors.values()) or self.error_store.has(self.fields.error)):
-            self.error_store.write(self.fields.error, errors)
+        """Write a batch: each sample's labels (and error) in one update, so a sample is
+        written whole or not at all."""
+        error = self.fields.error
+        if errors and (any(errors.values()) or self.error_store.has(error)):
+            if not self.error_store.has(error):
+                with dataset_edit(self.dataset):
+                    self.error_store.declare(error, fo.StringField)
+            if self.error_store is self.store:
+                labels = {**labels, error: dict(errors)}
+            else:
+                self.error_store.write({error: dict(errors)})
+        self.store.write({name: values for name, values in labels.items() if values})
 
     def _prepare_dataset(self, declare_error: bool = False) -> None:
         """Declare the output fields (a batch may hold only None) and record mask targets.
 
         ``declare_error`` also declares the error field when failures are skipped (a sharded
         run: its shards must not add a field to the schema, as two could race)."""
+        with dataset_edit(self.dataset):
+            self._declare_outputs(declare_error)
+
+    def _declare_outputs(self, declare_error: bool) -> None:
         ds = self.dataset
         f = self.fields
         types = {
@@ -569,7 +646,7 @@ class SegmentationRun:
         if seg:
             ds.mask_targets = {**ds.mask_targets, seg: self.mask_targets}
         if det:
-            ds.classes = {**ds.classes, det: list(self.queries)}
+            ds.classes = {**ds.classes, det: list(dict.fromkeys(self.mask_targets.values()))}
         ds.save()
         if det:
             make_editable(ds, det, list(dict.fromkeys(self.mask_targets.values())))
@@ -666,8 +743,27 @@ class SampleFields:
         if not self.has(name):
             self.dataset.add_sample_field(name, ftype, **kwargs)
 
-    def write(self, name: str, values: Mapping[str, Any]) -> None:
-        self.dataset.set_values(name, dict(values), key_field="id")
+    def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
+        """Write ``labels`` (field -> sample id -> value); each sample's fields in one update,
+        so a sample is written whole or not at all."""
+        write_whole(self.dataset, labels)
+
+
+def write_whole(
+    collection: fo.core.collections.SampleCollection, labels: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Set ``labels`` (field -> sample id -> value) on the samples of ``collection``, each
+    sample's fields in one database update."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, values in labels.items():
+        for sid, value in values.items():
+            rows.setdefault(sid, {})[name] = value
+    if not rows:
+        return
+    view = collection.select(list(rows)).select_fields(list(labels))
+    for sample in view.iter_samples(autosave=True, batch_size=len(rows)):
+        for name, value in rows[sample.id].items():
+            sample[name] = value
 
 
 class FrameFields(SampleFields):
@@ -683,8 +779,11 @@ class FrameFields(SampleFields):
         if not self.has(name):
             self.dataset.add_frame_field(name, ftype, **kwargs)
 
-    def write(self, name: str, values: Mapping[str, Any]) -> None:
-        self.dataset.set_values(self.prefix + name, dict(values), key_field="id")
+    def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
+        """Write ``labels`` (field -> video sample id -> frame number -> label), field by
+        field (a resume checks each frame's outputs, see the video run)."""
+        for name, values in labels.items():
+            self.dataset.set_values(self.prefix + name, dict(values), key_field="id")
 
 
 class FramesViewFields(FrameFields):
@@ -701,9 +800,10 @@ class FramesViewFields(FrameFields):
         if not frames.has_field(name):
             frames.add_sample_field(name, ftype, **kwargs)
 
-    def write(self, name: str, values: Mapping[str, Any]) -> None:
-        self.view._frames_dataset.set_values(name, dict(values), key_field="id")
-        self.view._sync_source(fields=[name], ids=list(values))
+    def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
+        """Write ``labels`` (field -> frame sample id -> label), each frame whole, through
+        the frames view to the video dataset's frame fields."""
+        write_whole(self.view, labels)
 
 
 def _check_exemplar_names(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,6 +43,24 @@ def validate_output_dir(
     return path
 
 
+_UMASK_GUARD = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (other threads may create files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_GUARD:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def write_png_atomic(array: np.ndarray, path: str | os.PathLike) -> str:
     """Write a 2-D uint8/uint16 array as a PNG: a temporary file in the same folder, then a
     rename, so a crash never leaves a half-written file under ``path``."""
@@ -51,6 +70,7 @@ def write_png_atomic(array: np.ndarray, path: str | os.PathLike) -> str:
     try:
         with os.fdopen(fd, "wb") as f:
             Image.fromarray(np.ascontiguousarray(array)).save(f, format="PNG")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a file follows the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

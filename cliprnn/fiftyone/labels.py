@@ -13,7 +13,9 @@ from cliprnn.fiftyone.instances import DEFAULT_INSTANCES, instances_from_mask
 from cliprnn.result import CaRResult
 
 OUTPUT_TYPES = ("segmentation", "detections", "heatmaps")
-_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: Longest label field name: room for the derived names (``<name>_heat_<query>``...).
+MAX_FIELD_NAME = 64
 _RESERVED = {"id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at"}
 
 
@@ -30,10 +32,12 @@ def check_field_name(name: str, what: str = "label_field") -> str:
     """Return ``name`` if it can be a new top-level field; raise ConfigError naming it if not."""
     from cliprnn.errors import ConfigError
 
-    if not isinstance(name, str) or not _FIELD_NAME.match(name) or name in _RESERVED:
+    ok = isinstance(name, str) and _FIELD_NAME.fullmatch(name) and len(name) <= MAX_FIELD_NAME
+    if not ok or name in _RESERVED:
         raise ConfigError(
-            f"{what} must start with a letter and hold only letters, digits and '_' "
-            f"(and not be one of {sorted(_RESERVED)}), got {name!r}"
+            f"{what} must start with a letter, hold only letters, digits and '_', be at most "
+            f"{MAX_FIELD_NAME} characters long (and not be one of {sorted(_RESERVED)}), "
+            f"got {name!r}"
         )
     return name
 

@@ -8,10 +8,14 @@ from any process or machine; any other run on the field is refused with a messag
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pymongo.errors
@@ -25,6 +29,10 @@ _COLLECTION = "cliprnn_field_locks"
 RUNS_COLLECTION = "cliprnn_runs"
 #: A lock whose holder has not refreshed it for this long is considered abandoned.
 STALE_AFTER = dt.timedelta(minutes=15)
+#: The pseudo-field whose lock serialises changes to a dataset's document (see dataset_edit).
+DATASET_DOCUMENT = "#dataset"
+#: A dataset-document lock is held for one short edit; older than this, its holder is gone.
+DATASET_STALE_AFTER = dt.timedelta(seconds=60)
 
 
 class FieldLockedError(CaRError, RuntimeError):
@@ -82,8 +90,10 @@ class FieldLock:
         field: str,
         run: str | None = None,
         shards: int = 0,
+        stale_after: dt.timedelta = STALE_AFTER,
     ) -> None:
         self.key = lock_key(dataset_id, field)
+        self.stale_after = stale_after
         self.dataset_name = dataset_name
         self.field = field
         self.run = run
@@ -110,10 +120,23 @@ class FieldLock:
             return runs.find_one({"_id": doc["run"], "state": "active"}) is None
         if doc.get("host") == socket.gethostname() and not _pid_alive(int(doc.get("pid", -1))):
             return True
-        return _now() - doc.get("heartbeat", _now()) > STALE_AFTER
+        return _now() - doc.get("heartbeat", _now()) > self.stale_after
 
-    def acquire(self) -> FieldLock:
-        """Take the lock, or raise FieldLockedError describing the run that holds it."""
+    def acquire(self, wait: float = 0.0) -> FieldLock:
+        """Take the lock, or raise FieldLockedError describing the run that holds it; with
+        ``wait`` (seconds), retry until then before raising."""
+        deadline = time.monotonic() + wait
+        delay = 0.01
+        while True:
+            try:
+                return self._try_acquire()
+            except FieldLockedError:
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _try_acquire(self) -> FieldLock:
         try:
             self._coll.insert_one(self._doc())
             return self
@@ -128,7 +151,7 @@ class FieldLock:
                 return self
             held = self._coll.find_one({"_id": self.key})
         if held is None:  # released in between
-            return self.acquire()
+            return self._try_acquire()
         raise FieldLockedError(_holder_text(held, self.field, self.dataset_name))
 
     def refresh(self) -> None:
@@ -136,6 +159,24 @@ class FieldLock:
         self._coll.update_one(
             {"_id": self.key, "token": self.token}, {"$set": {"heartbeat": _now()}}
         )
+
+    def hand_to_run(self, run: str, shards: int) -> None:
+        """Turn this held plain lock into the run lock of the sharded run ``run`` (it then
+        outlives this process, until the run completes or is cancelled)."""
+        held = self._coll.find_one_and_update(
+            {"_id": self.key, "token": self.token}, {"$set": {"run": run, "shards": shards}}
+        )
+        if held is None:
+            raise FieldLockedError(
+                f"the lock of field '{self.field}' of dataset '{self.dataset_name}' was taken "
+                "over while the run was planned; nothing was queued"
+            )
+        self.run, self.shards = run, shards
+
+    def release_if_plain(self) -> None:
+        """Release the lock unless it was handed to a sharded run."""
+        if not self.run:
+            self.release()
 
     def release(self) -> None:
         """Give the lock back (only if this run still holds it)."""
@@ -174,3 +215,34 @@ def release_run_lock(dataset_id: str, field: str, run: str) -> bool:
     """Release the run lock of ``field`` if ``run`` holds it; True when it did."""
     res = get_db_conn()[_COLLECTION].delete_one({"_id": lock_key(dataset_id, field), "run": run})
     return res.deleted_count == 1
+
+
+_edits_held: dict[str, int] = {}  # dataset id -> nesting depth of dataset_edit here
+_edits_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def dataset_edit(dataset: Any, wait: float = 120.0) -> Iterator[Any]:
+    """Serialise a change to ``dataset``'s document (its schema, mask targets, classes, label
+    schemas, colours, run records) with every other cliprnn process: hold the dataset's
+    document lock and reload the dataset first, so the change applies to the current document
+    and no other process's change is written over by a stale copy. Re-entrant within a
+    process (an inner edit runs under the outer one's lock)."""
+    key = str(dataset._doc.id)
+    with _edits_guard:
+        depth = _edits_held.get(key, 0)
+        _edits_held[key] = depth + 1
+    lock = None
+    try:
+        if depth == 0:
+            lock = FieldLock(key, dataset.name, DATASET_DOCUMENT, stale_after=DATASET_STALE_AFTER)
+            lock.acquire(wait=wait)
+            dataset.reload()
+        yield dataset
+    finally:
+        if lock is not None:
+            lock.release()
+        with _edits_guard:
+            _edits_held[key] -= 1
+            if not _edits_held[key]:
+                del _edits_held[key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,12 +38,15 @@ class ResolvedQueries:
 
 
 def clean_queries(queries: Iterable[str]) -> list[str]:
-    """Strip each query; drop empty ones and repeats, keeping first-seen order."""
+    """Strip each query; drop empty ones and repeats, keeping first-seen order. A query with a
+    control character (a NUL byte, a line break inside it) is refused, naming it."""
     out: list[str] = []
     for q in queries:
         if not isinstance(q, str):
             raise QueryError(f"queries must be strings, got {type(q).__name__}: {q!r}")
         q = q.strip()
+        if any(unicodedata.category(c) == "Cc" for c in q):
+            raise QueryError(f"query {q!r} holds a control character; remove it")
         if q and q not in out:
             out.append(q)
     return out

@@ -8,7 +8,7 @@ from typing import Any
 
 import fiftyone as fo
 
-from cliprnn.fiftyone.lock import RUNS_COLLECTION
+from cliprnn.fiftyone.lock import RUNS_COLLECTION, dataset_edit
 
 METHOD = "cliprnn.segment"
 
@@ -36,7 +36,8 @@ def record_run(
     cfg = collection.init_run(
         method=METHOD, cliprnn_version=_version(), label_field=label_field, **record
     )
-    collection.register_run(run_key_for(label_field), cfg, overwrite=True, cleanup=False)
+    with dataset_edit(collection._root_dataset):
+        collection.register_run(run_key_for(label_field), cfg, overwrite=True, cleanup=False)
 
 
 def record_run_results(
@@ -47,7 +48,8 @@ def record_run_results(
     """Attach the run's counts (processed, skipped, failed, first errors, seconds)."""
     key = run_key_for(label_field)
     data = {k: v for k, v in results.items() if k != "run_key"}
-    collection.save_run_results(key, collection.init_run_results(key, **data), overwrite=True)
+    with dataset_edit(collection._root_dataset):
+        collection.save_run_results(key, collection.init_run_results(key, **data), overwrite=True)
 
 
 def note_mask_edits(
@@ -59,8 +61,14 @@ def note_mask_edits(
 ) -> None:
     """Add a line to the run record of ``label_field`` saying edits were folded into it."""
     key = run_key_for(label_field)
-    if not dataset.has_run(key):
-        return
+    with dataset_edit(dataset):
+        if dataset.has_run(key):
+            _add_mask_edit(dataset, key, detections_field, updated, new_classes)
+
+
+def _add_mask_edit(
+    dataset: fo.Dataset, key: str, detections_field: str, updated: int, new_classes: list[str]
+) -> None:
     cfg = dataset.get_run_info(key).config
     entry = dict(
         at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

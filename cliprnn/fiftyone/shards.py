@@ -101,6 +101,28 @@ def queue_sharded_run(
     run = SegmentationRun(sample_collection, load_model=False, **run_kwargs)
     ds = run.dataset
     label_field = run.fields.label_field
+    # Decide under the field's lock (a plain one while planning, handed to the run once its
+    # plan is saved), so nothing changes the field between the checks and the plan.
+    lock = FieldLock(str(ds._doc.id), ds.name, label_field)
+    lock.acquire()
+    try:
+        ds.reload()
+        run._plan()
+        return _plan_and_queue(run, requested, lock, queue, operator_uri, delegation_target)
+    finally:
+        lock.release_if_plain()
+
+
+def _plan_and_queue(
+    run: SegmentationRun,
+    requested: int,
+    lock: FieldLock,
+    queue: bool,
+    operator_uri: str,
+    delegation_target: str | None,
+) -> ShardedRun:
+    ds = run.dataset
+    label_field = run.fields.label_field
     k = max(1, min(requested, len(run.ids)))
     slices = split(run.ids, k)
     run_id = uuid.uuid4().hex[:16]
@@ -125,9 +147,8 @@ def queue_sharded_run(
         spec=run.spec(),
     )
     R.save_plan(plan, slices)
-    lock = FieldLock(plan["dataset_id"], ds.name, label_field, run=run_id, shards=k)
     try:
-        lock.acquire()
+        lock.hand_to_run(run_id, k)
     except BaseException:
         R.delete_plan(run_id)
         raise

@@ -121,9 +121,8 @@ class VideoSegmentationRun(SegmentationRun):
             raise ConfigError(f"frame_step must be an integer >= 1, got {frame_step!r}")
         self.frame_step = frame_step
         super().__init__(sample_collection, *args, **kwargs)
-        base = vars(self.summary)
         self.summary = VideoRunSummary(
-            **{**base, "fields": [self.store.path(n) for n in base["fields"]]},
+            **vars(self.summary),
             frame_step=frame_step,
             labelled_frames=labelled_frames(frame_step),
         )
@@ -145,11 +144,12 @@ class VideoSegmentationRun(SegmentationRun):
         """Labels in frame fields, each video's error in a sample field."""
         return FrameFields(self.dataset), SampleFields(self.dataset)
 
-    def _pending(
-        self, coll: fo.core.collections.SampleCollection
-    ) -> fo.core.collections.SampleCollection:
+    def _pending(self, coll: fo.core.collections.SampleCollection) -> set[str] | None:
         """Every video: ``skip_existing`` skips frames, not samples (see segment_samples)."""
-        return coll
+        return None
+
+    def _summary_fields(self) -> list[str]:
+        return [self.store.path(n) for n in self.fields.all()]
 
     def _record(self) -> dict[str, Any]:
         record = super()._record()
@@ -257,10 +257,12 @@ class VideoSegmentationRun(SegmentationRun):
         return dict(zip(ids, counts, strict=True))
 
     def _labelled(self, sid: str) -> dict[int, LabelledFrame]:
-        """The frames of video ``sid`` that have the run's primary field, by frame index
-        (from 0), with what carrying needs from each."""
+        """The frames of video ``sid`` that hold every output the run writes on each frame
+        (mask, instances, scores; they are written field by field), by frame index (from 0),
+        with what carrying needs from each."""
         f = self.fields
-        view = self.dataset.select(sid).match_frames(F(f.primary).exists())
+        written = [F(n).exists() for n in (f.segmentation, f.detections, f.scores) if n]
+        view = self.dataset.select(sid).match_frames(F.all(written))
         numbers, scores = view.values(["frames.frame_number", f"frames.{f.scores}"])
         if not numbers:
             return {}
