@@ -12,9 +12,10 @@ its folder under ``fo.config.model_zoo_dir`` as the package path), so the relati
 
 def register(p):
     """Register the plugin's operators with FiftyOne."""
+    from .operators.check import CheckField
     from .operators.edits import ApplyMaskEdits, EditMaskClasses
     from .operators.exemplars import ExemplarSets
-    from .operators.runs import ResumeRun, SegmentShard
+    from .operators.runs import ResumeRun, ScheduledRuns, SegmentShard
     from .operators.segment import Segment
 
     p.register(Segment)
@@ -23,6 +24,8 @@ def register(p):
     p.register(SegmentShard)
     p.register(ResumeRun)
     p.register(ExemplarSets)
+    p.register(CheckField)
+    p.register(ScheduledRuns)
 
 
 def download_model(model_name, model_path):

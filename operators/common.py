@@ -34,10 +34,43 @@ def choices_view(view_cls: type, values: Iterable[str], labels: dict | None = No
 
 
 def fail(inputs: types.Object, name: str, message: str) -> None:
-    """Show an error in the form and disable Execute."""
+    """Show an error at the top of the form (below earlier errors) and disable Execute."""
     prop = inputs.view(name, types.Error(label=message))
     prop.invalid = True
     prop.error_message = message
+    props = inputs.properties
+    errors = [k for k, p in props.items() if getattr(p, "invalid", False) and k != name]
+    order = [*errors, name, *(k for k in props if k != name and k not in errors)]
+    inputs.properties = {k: props[k] for k in order}
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 sample``, ``3 samples``."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def target_text(ctx) -> str:
+    """What an operator's target is, with counts: ``the 3 selected samples``, ``the current
+    view (12 of 24 samples)``, ``the whole dataset (24 samples)``."""
+    target = ctx.params.get("view_target") or ctx.request_params.get("view_target")
+    n = ctx.target_view().count()
+    total = ctx.dataset.count()
+    things = "video" if ctx.dataset.media_type == "video" else "sample"
+    if target == "SELECTED_SAMPLES":
+        return f"the {plural(n, 'selected ' + things)}"
+    if target == "DATASET" or (n == total and not ctx.has_custom_view):
+        return f"the whole dataset ({plural(n, things)})"
+    return f"the current view ({n} of {plural(total, things)})"
+
+
+def touch_notice(inputs: types.Object, name: str, text: str) -> None:
+    """A notice saying what the operation will write, placed first after any errors."""
+    inputs.view(name, types.Notice(label=text))
+    props = inputs.properties
+    errors = [k for k, p in props.items() if getattr(p, "invalid", False)]
+    first = [k for k in ("view_target",) if k in props]
+    order = [*errors, *first, name]
+    inputs.properties = {k: props[k] for k in [*order, *(k for k in props if k not in order)]}
 
 
 def delegation_inputs(inputs: types.Object, count: int) -> None:
@@ -53,13 +86,19 @@ def delegation_inputs(inputs: types.Object, count: int) -> None:
         )
 
 
-def free_field_name(dataset, base: str, suffixes: Iterable[str] = ("",)) -> str:
+def free_field_name(
+    dataset, base: str, suffixes: Iterable[str] = ("",), taken: Iterable[str] = ()
+) -> str:
     """``base``, or ``base_2``, ``base_3``... : the first name none of whose ``suffixes``
-    variants is a field of ``dataset``."""
+    variants is a field of ``dataset`` or one of the ``taken`` names (fields reserved by
+    scheduled runs)."""
+    suffixes, taken = list(suffixes), set(taken)
     n = 1
     while True:
         name = base if n == 1 else f"{base}_{n}"
-        if not any(dataset.has_field(name + s) for s in suffixes):
+        if name not in taken and not any(
+            dataset.has_field(name + s) or name + s in taken for s in suffixes
+        ):
             return name
         n += 1
 
@@ -78,9 +117,22 @@ def refresh_app(ctx, fields: Iterable[str] = ()) -> list:
     messages = [ctx.ops.reload_dataset(), ctx.ops.reload_samples()]
     if fields:
         messages.append(ctx.ops.set_active_fields(fields=fields))
+        messages.extend(color_messages(ctx))
     if ctx.current_sample:  # an open modal keeps the labels it loaded: close it
         messages.append(ctx.ops.close_sample())
     return messages
+
+
+def color_messages(ctx) -> list:
+    """Give the App the dataset's stored colour scheme now (the App reads it only when a
+    dataset loads, so fields a run coloured would show other colours until then)."""
+    scheme = ctx.dataset.app_config.color_scheme
+    if scheme is None:
+        return []
+    params = {"fields": [dict(f) for f in scheme.fields or []]}
+    if scheme.color_by:
+        params["color_by"] = scheme.color_by
+    return [ctx.trigger("set_color_scheme", params), ctx.ops.refresh_colors()]
 
 
 def segmentation_fields(dataset) -> list[str]:

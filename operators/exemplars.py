@@ -6,7 +6,10 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .common import choices_view, cliprnn_missing, fail
+from .common import choices_view, cliprnn_missing, fail, touch_notice
+
+#: What every action of the operator leaves alone.
+NO_LABELS = "no sample, label or field of the dataset is changed"
 
 ACTIONS = {"save": "Save selection", "rename": "Rename", "delete": "Delete"}
 
@@ -76,14 +79,26 @@ class ExemplarSets(foo.Operator):
                 label="Exemplar set",
                 view=choices_view(types.DropdownView, names, labels),
             )
+            chosen = ctx.params.get("set_name") or names[0]
             if action == "rename":
                 inputs.str("new_name", required=True, label="New name")
                 _check_free(inputs, ctx.params.get("new_name"), sets, ctx.params.get("set_name"))
+                touch_notice(
+                    inputs,
+                    "writes",
+                    f"Renames the stored exemplar set '{chosen}' (the dataset's exemplar-set "
+                    f"store); {NO_LABELS}",
+                )
             else:
-                chosen = ctx.params.get("set_name") or names[0]
                 inputs.view(
                     "delete_warning",
                     types.Warning(label=f"Deletes the set '{chosen}' (its samples stay)"),
+                )
+                touch_notice(
+                    inputs,
+                    "writes",
+                    f"Deletes the stored exemplar set '{chosen}' from the dataset's exemplar-set "
+                    f"store; {NO_LABELS}",
                 )
         return types.Property(inputs, view=view)
 
@@ -138,6 +153,11 @@ def _save_inputs(ctx, inputs: types.Object, sets: dict) -> None:
     inputs.view(
         "selection",
         types.Notice(label=f"Exemplars: the {_things(n, kind, field)} selected"),
+    )
+    touch_notice(
+        inputs,
+        "writes",
+        f"Stores them as a named exemplar set in the dataset's exemplar-set store; {NO_LABELS}",
     )
     inputs.str(
         "name",

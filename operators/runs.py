@@ -1,5 +1,7 @@
-"""Operators of sharded runs: ``segment_shard`` (one job of a sharded ``segment`` run, queued
-by it, unlisted) and ``resume_run`` (re-queue the unfinished jobs of a run, or cancel it)."""
+"""Operators of scheduled runs: ``segment_shard`` (one job of a sharded ``segment`` run,
+queued by it, unlisted), ``resume_run`` (re-queue the unfinished jobs of a run, or cancel it)
+and ``scheduled_runs`` (unlisted, run by the App whenever a dataset opens: says how the
+dataset's scheduled runs ended and shows their fields)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .common import choices_view, cliprnn_missing, fail, refresh_app
+from .common import choices_view, cliprnn_missing, fail, plural, refresh_app, touch_notice
 
 ACTIONS = {
     "resume": "Resume: re-queue the jobs whose worker died or whose operation failed",
@@ -102,9 +104,11 @@ class ResumeRun(foo.Operator):
             label="Action",
             view=choices_view(types.RadioGroup, ACTIONS, ACTIONS),
         )
-        status = run_status(ctx.dataset, ctx.params.get("label_field") or fields[0])
+        field = ctx.params.get("label_field") or fields[0]
+        status = run_status(ctx.dataset, field)
         if status:
             inputs.view("status", types.Notice(label=status_text(status)))
+            touch_notice(inputs, "writes", touch_text(status, field, ctx.params.get("action")))
         return types.Property(inputs, view=view)
 
     def execute(self, ctx):
@@ -140,6 +144,68 @@ class ResumeRun(foo.Operator):
         )
         # a notebook gets the asyncio.Task to await, as from any operator
         return result.result if isinstance(result, ExecutionResult) else result
+
+
+class ScheduledRuns(foo.Operator):
+    """Run by the App when a dataset opens: announce the dataset's scheduled segment runs
+    that ended since (a notification per run: its summary, or why it failed) and show the
+    fields of the finished ones, in the run's colours."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name="scheduled_runs",
+            label="Announce finished scheduled segment runs",
+            unlisted=True,
+            on_dataset_open=True,
+        )
+
+    def execute(self, ctx):
+        if ctx.dataset is None or cliprnn_missing():
+            return {"ended": []}
+        from cliprnn.fiftyone.scheduled import take_finished
+
+        ended = take_finished(ctx.dataset)
+        if not ended:
+            return {"ended": []}
+        lines = [
+            f"Scheduled run into '{e['field']}' "
+            + (f"finished: {e['message']}" if e["ok"] else f"failed: {e['message']}")
+            for e in ended
+        ]
+        failed = any(not e["ok"] for e in ended)
+        ctx.ops.notify("\n".join(lines), variant="error" if failed else "success")
+        shown = [f for e in ended if e["ok"] for f in _shown_fields(ctx.dataset, e["field"])]
+        if shown:
+            refresh_app(ctx, shown)  # builds (and so triggers) the messages
+        return {"ended": ended}
+
+
+def _shown_fields(dataset: Any, field: str) -> list[str]:
+    """The fields a finished run shows: its mask and instances (frame fields on videos)."""
+    out = []
+    for name in (field, f"{field}_det"):
+        if dataset.has_field(name):
+            out.append(name)
+        elif dataset.media_type == "video" and dataset.has_frame_field(name):
+            out.append(f"frames.{name}")
+    return out
+
+
+def touch_text(status: dict[str, Any], field: str, action: str | None) -> str:
+    """What resuming (or cancelling) the sharded run of ``field`` writes."""
+    left = int(status["samples"]) - int(status["written"])
+    if action == "cancel":
+        return (
+            f"Cancel writes no labels: it frees '{field}' for other runs; the "
+            f"{plural(int(status['written']), 'sample')} written stay as they are"
+        )
+    return (
+        f"Resume writes '{field}' (and its companion fields) on the "
+        f"{plural(left, 'sample')} of this run not written yet; the "
+        f"{plural(int(status['written']), 'sample')} written and all other samples are not "
+        "changed"
+    )
 
 
 def status_text(status: dict[str, Any]) -> str:

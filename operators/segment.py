@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import fiftyone.operators as foo
@@ -16,8 +18,11 @@ from .common import (
     execute_from_sdk,
     fail,
     free_field_name,
+    plural,
     refresh_app,
     requested_delegation,
+    target_text,
+    touch_notice,
 )
 
 #: The "no class list" choice of the form (an empty value would show as a blank choice).
@@ -115,33 +120,34 @@ class Segment(foo.Operator):
         if video:
             _video_inputs(inputs)
         _model_inputs(ctx, inputs)
-        _output_inputs(ctx, inputs, video)
+        field = _output_inputs(ctx, inputs, video)
         delegation_inputs(inputs, count)
         _shard_inputs(ctx, inputs, 1 if video else count)  # sharded runs split images
+        _scheduled_inputs(ctx, inputs, field)
+        if field:
+            touch_notice(inputs, "writes", _writes_text(ctx, field, video))
         del target
         return types.Property(inputs, view=types.View(label="Segment with text (CLIP as RNN)"))
+
+    def resolve_run_name(self, ctx):
+        """Called by FiftyOne just before it queues a scheduled run: reserve the output field
+        for this run (FieldReservedError, shown in the App, when another run holds it) and
+        give the queued operation the reservation's token."""
+        from cliprnn.fiftyone.scheduled import TOKEN_PARAM, new_token, reserve_field
+
+        field = ctx.params.get("label_field") or "car"
+        token = ctx.params.get(TOKEN_PARAM) or new_token()
+        reserve_field(ctx.dataset, field, token, samples=ctx.target_view().count())
+        ctx.params[TOKEN_PARAM] = token
+        ctx.request_params["params"] = ctx.params  # serialized into the queued operation
+        return f"Segment into '{field}'"
 
     def execute(self, ctx):
         from cliprnn.fiftyone.collection import SegmentationRun
 
         shards = shard_count(ctx.params)
         if ctx.delegated:
-            if shards > 1:
-                # The planning job: fix the run once, queue one operation per shard, return.
-                from cliprnn.fiftyone.shards import queue_sharded_run
-
-                plan = queue_sharded_run(
-                    ctx.target_view(),
-                    shards,
-                    operator_uri=f"{self.plugin_name}/segment_shard",
-                    delegation_target=ctx.delegation_target,
-                    **run_kwargs(ctx.params, ctx.dataset),
-                )
-                ctx.set_progress(progress=1.0, label=plan.message)
-                return
-            run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
-            for p in run:
-                ctx.set_progress(progress=p.fraction, label=p.label)
+            self._execute_scheduled(ctx, shards)
             return
         try:
             run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
@@ -159,6 +165,42 @@ class Segment(foo.Operator):
         if shards > 1:
             message += f" as one job: 'Split into {shards} jobs' applies to scheduled runs"
         yield ctx.ops.notify(message, variant="warning" if s.failed or shards > 1 else "success")
+
+    def _execute_scheduled(self, ctx, shards: int) -> None:
+        """A scheduled run, on a delegated worker: hold the field the run reserved when it
+        was scheduled, run (or plan the sharded run), record how it ended for the App."""
+        from cliprnn.fiftyone import scheduled
+        from cliprnn.fiftyone.collection import SegmentationRun
+
+        token = ctx.params.get(scheduled.TOKEN_PARAM)
+        field = ctx.params.get("label_field") or "car"
+        if token:
+            scheduled.claim(ctx.dataset, field, token)
+        try:
+            if shards > 1:
+                # The planning job: fix the run once, queue one operation per shard, return.
+                from cliprnn.fiftyone.shards import queue_sharded_run
+
+                plan = queue_sharded_run(
+                    ctx.target_view(),
+                    shards,
+                    operator_uri=f"{self.plugin_name}/segment_shard",
+                    delegation_target=ctx.delegation_target,
+                    **run_kwargs(ctx.params, ctx.dataset),
+                )
+                ctx.set_progress(progress=1.0, label=plan.message)
+                message = plan.message
+            else:
+                run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
+                for p in run:
+                    ctx.set_progress(progress=p.fraction, label=p.label)
+                message = _summary_message(run)
+        except BaseException as e:
+            if token:
+                scheduled.finish(ctx.dataset, field, token, False, f"{type(e).__name__}: {e}")
+            raise
+        if token:
+            scheduled.finish(ctx.dataset, field, token, True, message)
 
     def __call__(
         self,
@@ -323,7 +365,7 @@ def run_kwargs(params: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         queries=[
             *(params.get("queries") or []),
-            *text.splitlines(),
+            *(line.strip() for line in text.splitlines() if line.strip()),
             *exemplar_queries(params, dataset),
         ],
         classes_from=None if source == NO_SOURCE else source,
@@ -482,6 +524,9 @@ def _query_inputs(ctx, inputs: types.Object) -> None:
         description="One query per line, e.g. 'red circle'",
         view=types.TextFieldView(multiline=True, placeholder="red circle\nblue square"),
     )
+    text = ctx.params.get("query_text") or ""
+    if text and not text.strip() and not (has_source or chosen or per_sample):
+        fail(inputs, "query_text_error", "The text queries are blank: type at least one query")
 
 
 def _exemplar_inputs(ctx, inputs: types.Object) -> list[str]:
@@ -666,12 +711,15 @@ class _FrameFieldsToo:
         return self.dataset.has_field(name) or self.dataset.has_frame_field(name)
 
 
-def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> None:
+def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> str | None:
+    """The output fields of the form; the output field's name when it is usable."""
     from cliprnn.errors import CaRError
     from cliprnn.fiftyone.labels import OUTPUT_TYPES, check_field_name
+    from cliprnn.fiftyone.scheduled import TOKEN_PARAM, reserved_fields
 
     fields = _FrameFieldsToo(ctx.dataset) if video else ctx.dataset
-    default_field = free_field_name(fields, "car", ("", "_det", "_error"))
+    reserved = reserved_fields(ctx.dataset, except_token=ctx.params.get(TOKEN_PARAM))
+    default_field = free_field_name(fields, "car", ("", "_det", "_error"), taken=reserved)
     inputs.str("label_field", default=default_field, required=True, label="Output field")
     inputs.list(
         "outputs",
@@ -700,8 +748,8 @@ def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> None:
     inputs.bool("skip_existing", default=False, label="Skip samples that already have it")
     inputs.bool("skip_failures", default=False, label="Skip (and record) failing samples")
     output_dir = ctx.params.get("output_dir") or ""
-    if output_dir and not os.path.isabs(os.path.expanduser(output_dir)):
-        fail(inputs, "output_dir_error", f"Output directory must be absolute: {output_dir!r}")
+    if isinstance(output_dir, dict):  # the App's file explorer
+        output_dir = output_dir.get("absolute_path") or ""
     if output_dir:
         inputs.bool(
             "allow_media_dir",
@@ -709,12 +757,25 @@ def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> None:
             label="Allow it inside the images' folders",
             description="Off: a directory inside a folder holding the samples' images is refused",
         )
+        problem = output_dir_problem(
+            ctx.target_view(), output_dir, bool(ctx.params.get("allow_media_dir"))
+        )
+        if problem:
+            fail(inputs, "output_dir_error", problem)
     field = ctx.params.get("label_field") or default_field
     try:
         check_field_name(field)
     except CaRError as e:
         fail(inputs, "label_field_error", str(e))
-        return
+        return None
+    if field in reserved:
+        fail(
+            inputs,
+            "label_field_error",
+            f"Field '{field}' is reserved by {reserved[field]}: choose another output field "
+            f"(e.g. '{default_field}'), or wait for that run to finish",
+        )
+        return None
     if fields.has_field(field):
         msg = f"Field '{field}' exists."
         if ctx.params.get("overwrite") or ctx.params.get("skip_existing"):
@@ -732,6 +793,100 @@ def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> None:
                 label="This dataset is not persistent: delegated runs of it are lost when the "
                 "App closes"
             ),
+        )
+    return field
+
+
+def output_dir_problem(view: Any, output_dir: str, allow_media_dir: bool) -> str | None:
+    """Why the form cannot use ``output_dir`` for a run over ``view`` (None when it can): not
+    absolute, a file, inside the images' folders (unless allowed), or not writable. Creates
+    nothing."""
+    raw = os.path.expanduser(str(output_dir).strip())
+    if not os.path.isabs(raw):
+        return f"Output directory must be an absolute path, not {output_dir!r}"
+    path = Path(raw).resolve()
+    if path.exists() and not path.is_dir():
+        return f"Output directory {str(path)!r} is a file, not a folder"
+    if not allow_media_dir:
+        folders = {Path(p).resolve().parent for p in view.distinct("filepath")}
+        for folder in sorted(folders):
+            if path == folder or folder in path.parents:
+                return (
+                    f"Output directory {str(path)!r} is inside the folder {str(folder)!r} that "
+                    "holds the images: choose another folder, or tick 'Allow it inside the "
+                    "images' folders'"
+                )
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".cliprnn-write-test-"):
+            pass
+    except OSError as e:
+        where = "" if existing == path else f" (its folder {str(existing)!r} refuses files)"
+        return f"Output directory {str(path)!r} is not writable{where}: {e.strerror or e}"
+    return None
+
+
+def _writes_text(ctx, field: str, video: bool) -> str:
+    """What a run will write, and where: the fields and the target, with counts."""
+    from cliprnn.errors import CaRError
+    from cliprnn.fiftyone.labels import output_fields
+
+    outputs = [o for o in ctx.params.get("outputs") or FORM_OUTPUTS if o]
+    try:
+        f = output_fields(field, outputs, {})
+    except CaRError:
+        return f"Writes field '{field}' on {target_text(ctx)}"
+    names = [n for n in (f.segmentation, f.detections, f.scores) if n]
+    if "heatmaps" in outputs:
+        names.append(f"{field}_heat_<query> (one per query)")
+    where = "frame fields " if video else "fields "
+    listed = ", ".join(f"'{n}'" if "<" not in n else n for n in names)
+    note = ""
+    if ctx.params.get("skip_existing"):
+        note = "; samples that already have it are skipped"
+    elif fields_exist(ctx.dataset, field, video) and ctx.params.get("overwrite"):
+        note = "; their existing labels there are replaced, other samples keep theirs"
+    return (
+        f"Writes {where}{listed} (and '{f.error}' for failing samples) on "
+        f"{target_text(ctx)}{note}. Nothing else is changed."
+    )
+
+
+def fields_exist(dataset: Any, field: str, video: bool) -> bool:
+    """Whether ``field`` is a (frame) field of ``dataset``."""
+    return dataset.has_frame_field(field) if video else dataset.has_field(field)
+
+
+def _scheduled_inputs(ctx, inputs: types.Object, field: str | None) -> None:
+    """What a scheduled run does with the output field, and the dataset's scheduled runs
+    that have not finished (state and progress, from their delegated operations)."""
+    from cliprnn.fiftyone.scheduled import scheduled_runs
+
+    if field:
+        inputs.view(
+            "schedule_notice",
+            types.Notice(
+                label=f"Schedule (Execute menu) queues the run for a `fiftyone delegated "
+                f"launch` worker and reserves '{field}' for it at once: other runs cannot take "
+                "that name meanwhile. When it has finished, opening the dataset in the App "
+                "says how it went and shows the field"
+            ),
+        )
+    runs = scheduled_runs(ctx.dataset)
+    if runs:
+        lines = []
+        for r in runs:
+            state = r["state"]
+            if r["progress"] is not None and state == "running":
+                state += f" {round(100 * r['progress'])} %"
+            label = f": {r['label']}" if r.get("label") else ""
+            lines.append(f"- '{r['field']}': {state}{label}")
+        inputs.md(
+            f"**Scheduled runs of this dataset ({plural(len(runs), 'run')})**\n\n"
+            + "\n".join(lines),
+            name="scheduled_runs",
         )
 
 
