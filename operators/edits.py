@@ -1,4 +1,9 @@
-"""Operators that edit stored results: ``apply_mask_edits`` and ``edit_mask_classes``."""
+"""Operators that edit stored results: ``apply_mask_edits`` (both directions) and
+``edit_mask_classes``.
+
+After writing, each operator has the App drop its copy of the samples it rewrote (the plugin's
+JS operator ``refresh_samples``), so an Annotate edit made next starts from the stored labels
+instead of saving the old ones back."""
 
 from __future__ import annotations
 
@@ -8,17 +13,24 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .common import (
-    RELOAD_HINT,
     choices_view,
     cliprnn_missing,
     delegation_inputs,
     detections_fields,
     execute_from_sdk,
     fail,
-    refresh_app,
     requested_delegation,
     segmentation_fields,
 )
+
+PLUGIN = "@cliprnn/clip-as-rnn"
+#: The plugin's JS operator (js/index.umd.js) that replaces the App's copies of samples.
+REFRESH_SAMPLES = f"{PLUGIN}/refresh_samples"
+#: Above this many rewritten samples the App refreshes every sample it holds instead of a list.
+REFRESH_IDS_MAX = 5000
+#: A rebuild form looks for unapplied instance edits on at most this many samples; Execute
+#: always checks the whole target.
+SCAN_MAX = 200
 
 ACTIONS = {
     "rename": "Rename a class",
@@ -26,11 +38,24 @@ ACTIONS = {
     "delete": "Delete classes (their pixels become background)",
 }
 
-
 DIRECTIONS = {
     "to_segmentation": "Instances → semantic mask (fold the edits back)",
     "to_detections": "Semantic mask → instances (rebuild the instances)",
 }
+
+
+def refresh_after_write(ctx, sample_ids: list[str] | None = None) -> list:
+    """Have the App show what an operator wrote: reload the dataset and the grid, and replace
+    the App's own copy of each rewritten sample (``sample_ids``; None = every sample it holds)
+    with the stored one, closing and reopening the sample modal when it shows one of them.
+    Returns the trigger messages (a generator operator yields them)."""
+    ids = sample_ids if sample_ids is not None and len(sample_ids) <= REFRESH_IDS_MAX else None
+    messages = [ctx.ops.reload_dataset(), ctx.ops.reload_samples()]
+    if ctx.current_sample:
+        messages.append(ctx.ops.close_sample())  # if the plugin's JS did not load, stay safe
+    params = {"ids": ids, "reopen": ctx.current_sample}
+    messages.append(ctx.trigger(REFRESH_SAMPLES, params))
+    return messages
 
 
 def _partner(dataset, seg_field: str, dets: list[str]) -> str | None:
@@ -44,6 +69,69 @@ def _partner(dataset, seg_field: str, dets: list[str]) -> str | None:
         if name and name in dets:
             return name
     return None
+
+
+def _pairs(dataset, segs: list[str], dets: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for seg in segs:
+        partner = _partner(dataset, seg, dets)
+        if partner:
+            out.append((seg, partner))
+    return out
+
+
+def _last_edited_pair(ctx, pairs: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The (semantic, instance) field pair the user edited last: the one whose instances
+    differ from the semantic mask on the open sample, else on the most recently modified
+    samples; among several, one shown in the App."""
+    from cliprnn.fiftyone.edits import unapplied_edits
+
+    if not pairs:
+        return None
+    if ctx.current_sample:
+        recent = ctx.dataset.select(ctx.current_sample)
+    else:
+        recent = ctx.dataset.sort_by("last_modified_at", reverse=True).limit(3)
+    edited = [p for p in pairs if unapplied_edits(recent, p[0], p[1])]
+    shown = set(ctx.active_fields or [])
+    for group in (edited, pairs):
+        for pair in group:
+            if pair[1] in shown:
+                return pair
+        if group is edited and edited:
+            return edited[0]
+    return None
+
+
+def _target(ctx) -> tuple[Any, str]:
+    """The samples the operator works on and how to say it: the open sample (when one is open,
+    nothing is selected and the form says so), else the view target."""
+    if ctx.current_sample and not ctx.selected and ctx.params.get("scope", "sample") == "sample":
+        return ctx.dataset.select(ctx.current_sample), "the open sample"
+    view = ctx.target_view()
+    n, total = view.count(), ctx.dataset.count()
+    target = ctx.params.get("view_target") or ctx.request_params.get("view_target")
+    if target == "SELECTED_SAMPLES":
+        return view, f"the {n} selected sample(s)"
+    if n == total and not ctx.has_custom_view:
+        return view, f"the whole dataset ({n} samples)"
+    return view, f"the current view ({n} of {total} samples)"
+
+
+def _scope_input(inputs: types.Object, ctx, verb: str) -> None:
+    """With a sample open and nothing selected: choose that sample or the whole target."""
+    if not ctx.current_sample or ctx.selected:
+        return
+    n = ctx.target_view().count()
+    where = "the current view" if ctx.has_custom_view else "the dataset"
+    labels = {"sample": f"{verb} the open sample only", "target": f"{verb} all {n} of {where}"}
+    inputs.enum(
+        "scope",
+        list(labels),
+        default="sample",
+        label="Samples",
+        view=choices_view(types.RadioGroup, labels, labels),
+    )
 
 
 class ApplyMaskEdits(foo.Operator):
@@ -71,13 +159,17 @@ class ApplyMaskEdits(foo.Operator):
         if missing:
             fail(inputs, "missing", missing)
             return types.Property(inputs)
-        inputs.view_target(ctx, action_description="Apply edits to", allow_selected_samples=True)
+        direction = ctx.params.get("direction") or "to_segmentation"
+        verb = "Fold edits of" if direction == "to_segmentation" else "Rebuild"
+        inputs.view_target(ctx, action_description=verb, allow_selected_samples=True)
+        _scope_input(inputs, ctx, verb)
         dets = detections_fields(ctx.dataset)
         if not dets:
             fail(inputs, "no_detections", "This dataset has no Detections field to take edits from")
             return types.Property(inputs)
         segs = segmentation_fields(ctx.dataset)
-        paired = [s for s in segs if _partner(ctx.dataset, s, dets)]
+        pairs = _pairs(ctx.dataset, segs, dets)
+        paired = [s for s, _ in pairs]
         inputs.enum(
             "direction",
             list(DIRECTIONS),
@@ -85,14 +177,17 @@ class ApplyMaskEdits(foo.Operator):
             label="Direction",
             view=choices_view(types.RadioGroup, DIRECTIONS, DIRECTIONS),
         )
+        last = _last_edited_pair(ctx, pairs)
         choices = paired + [s for s in segs if s not in paired]
-        default_seg = choices[0] if choices else f"{dets[0]}_seg"
+        default_seg = last[0] if last else choices[0] if choices else f"{dets[0]}_seg"
         inputs.str(
             "label_field",
             default=default_seg,
             required=True,
             label="Segmentation field",
-            description="Rewritten from the instances (created if missing)",
+            description="Rewritten from the instances (created if missing)"
+            if direction == "to_segmentation"
+            else "The instances are rebuilt from this field's masks",
             view=choices_view(types.AutocompleteView, choices, allow_user_input=True),
         )
         seg = ctx.params.get("label_field") or default_seg
@@ -105,7 +200,9 @@ class ApplyMaskEdits(foo.Operator):
             description=f"Detections of '{seg}'" if partner in dets else None,
             view=types.DropdownView(),
         )
-        if ctx.params.get("direction", "to_segmentation") == "to_segmentation":
+        det = ctx.params.get("detections_field") or partner
+        view, where = _target(ctx)
+        if direction == "to_segmentation":
             inputs.bool(
                 "allow_new_classes",
                 default=False,
@@ -113,35 +210,98 @@ class ApplyMaskEdits(foo.Operator):
                 description="Off: instances with an unknown class (e.g. from another tool) "
                 "are refused and nothing is written",
             )
-        delegation_inputs(inputs, ctx.target_view().count())
+            inputs.view(
+                "touches",
+                types.Notice(
+                    label=f"Writes '{seg}' (and trims overlapping instances of '{det}') on "
+                    f"{where}; samples whose instances already agree are not rewritten"
+                ),
+            )
+        else:
+            self._rebuild_inputs(inputs, ctx, view, where, seg, det)
+        delegation_inputs(inputs, view.count())
         return types.Property(inputs, view=types.View(label="Apply mask edits"))
+
+    def _rebuild_inputs(self, inputs, ctx, view, where: str, seg: str, det: str) -> None:
+        from cliprnn.fiftyone.edits import unapplied_edits
+
+        n = view.exists(seg).count()
+        inputs.view(
+            "touches",
+            types.Notice(
+                label=f"Replaces every instance in '{det}' with instances rebuilt from '{seg}' "
+                f"on {where}: {n} sample(s) with a mask"
+            ),
+        )
+        if n > SCAN_MAX:
+            inputs.view(
+                "scan_note",
+                types.Notice(
+                    label=f"Execute first checks all {n} samples for instance edits not folded "
+                    "back, and refuses to discard any unless the box below is ticked"
+                ),
+            )
+            edited = []
+        else:
+            edited = unapplied_edits(view, seg, det)
+        inputs.bool(
+            "discard_edits",
+            default=False,
+            label="Discard unapplied instance edits",
+            description="Instances that differ from the semantic mask (edits not folded back "
+            "with 'Instances → semantic mask') are lost in a rebuild",
+        )
+        if edited and not ctx.params.get("discard_edits"):
+            more = f" and {len(edited) - 10} more" if len(edited) > 10 else ""
+            named = ", ".join(edited[:10]) + more
+            fail(
+                inputs,
+                "unapplied",
+                f"{len(edited)} sample(s) have instance edits in '{det}' not folded into "
+                f"'{seg}': {named}. Fold them back first, or tick 'Discard unapplied instance "
+                "edits'",
+            )
 
     def execute(self, ctx):
         from cliprnn.fiftyone.edits import apply_mask_edits, rebuild_instances
 
         p = ctx.params
         field, det_field = p["label_field"], p.get("detections_field")
+        view, where = _target(ctx)
+        variant = "success"
         if p.get("direction") == "to_detections":
-            n = rebuild_instances(ctx.target_view(), field, det_field)
-            message = f"Rebuilt the instances of '{field}' on {n} sample(s)"
-            result = {"updated": n, "label_field": field, "message": message}
-        else:
-            out = apply_mask_edits(
-                ctx.target_view(), field, det_field, bool(p.get("allow_new_classes"))
+            out = rebuild_instances(
+                view, field, det_field, discard_edits=bool(p.get("discard_edits"))
             )
-            message = out.message(field)
+            message = f"{out.message(field, det_field or field + '_det')} ({where})"
+            ids = out.updated_ids
             result = {"updated": out.updated, "label_field": field, "message": message}
+        else:
+            out = apply_mask_edits(view, field, det_field, bool(p.get("allow_new_classes")))
+            message = f"{out.message(field)} ({where})"
+            ids = out.updated_ids
+            if out.refused:
+                variant = "error"
+            elif not out.updated:
+                variant = "warning"
+            result = {
+                "updated": out.updated,
+                "label_field": field,
+                "message": message,
+                "refused": list(out.refused),
+            }
         if not ctx.delegated:
-            refresh_app(ctx)
-            if result["updated"]:
-                message = f"{message}; {RELOAD_HINT}"
-                result["message"] = message
-            ctx.ops.notify(message, variant="success")
+            if ids:
+                refresh_after_write(ctx, ids)
+            ctx.ops.notify(message, variant=variant)
+        result["variant"] = variant
         return result
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.str("message", label="Result")
+        variant = (ctx.results or {}).get("variant", "success")
+        view = {"warning": types.Warning, "error": types.Error}.get(variant, types.Notice)
+        outputs.view("message", view(label=(ctx.results or {}).get("message", "")))
         outputs.int("updated", label="Samples updated")
         outputs.str("label_field", label="Segmentation field")
         return types.Property(outputs, view=types.View(label="Mask edits applied"))
@@ -153,11 +313,13 @@ class ApplyMaskEdits(foo.Operator):
         detections_field: str | None = None,
         direction: str = "to_segmentation",
         allow_new_classes: bool = False,
+        discard_edits: bool = False,
         delegate: bool = False,
         delegation_target: str | None = None,
     ) -> Any:
         """Rebuild ``label_field`` from ``detections_field`` (default ``<label_field>_det``),
-        or with ``direction="to_detections"`` the instances from the semantic mask.
+        or with ``direction="to_detections"`` the instances from the semantic mask (refused
+        where instances hold edits not folded back, unless ``discard_edits``).
 
         Example usage::
 
@@ -171,6 +333,7 @@ class ApplyMaskEdits(foo.Operator):
             detections_field=detections_field or f"{label_field}_det",
             direction=direction,
             allow_new_classes=allow_new_classes,
+            discard_edits=discard_edits,
             delegate=delegate,
         )
         return execute_from_sdk(
@@ -235,10 +398,14 @@ class EditMaskClasses(foo.Operator):
             inputs.str("new_name", required=True, label="New name")
         if action == "rename" and len(ctx.params.get("classes") or []) > 1:
             fail(inputs, "rename_error", "Rename takes one class; use Merge for several")
+        n = ctx.dataset.exists(field).count()
+        det = f"{field}_det"
+        touched = [field] + [f for f in (det, f"{field}_scores") if ctx.dataset.has_field(f)]
         inputs.view(
             "scope",
             types.Notice(
-                label="Applies to every sample of the dataset: mask targets are dataset-wide"
+                label=f"Applies to every sample of the dataset ({n} with '{field}'): mask "
+                f"targets are dataset-wide. Rewrites {', '.join(repr(f) for f in touched)}"
             ),
         )
         delegation_inputs(inputs, ctx.dataset.count())
@@ -255,10 +422,11 @@ class EditMaskClasses(foo.Operator):
             kwargs = dict(merge={new: classes})
         else:
             kwargs = dict(delete=classes)
-        targets = edit_mask_classes(ctx.dataset, p["label_field"], **kwargs)
+        field = p["label_field"]
+        targets = edit_mask_classes(ctx.dataset, field, **kwargs)
         if not ctx.delegated:
-            refresh_app(ctx)
-            ctx.ops.notify(f"Classes of '{p['label_field']}' edited; {RELOAD_HINT}")
+            refresh_after_write(ctx, ctx.dataset.exists(field).values("id"))
+            ctx.ops.notify(f"Classes of '{field}' edited", variant="success")
         return {"mask_targets": {str(k): v for k, v in targets.items()}}
 
     def __call__(
