@@ -4,6 +4,8 @@ reverse direction, per-sample queries, and bad input that loses nothing."""
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from cliprnn.fiftyone import (
     run_info,
     segment_collection,
 )
+from cliprnn.fiftyone.edits import unapplied_edits
 from cliprnn.fiftyone.engine import get_car
 from cliprnn.fiftyone.instances import instance_pixels
 
@@ -343,3 +346,205 @@ def test_skipped_samples_are_recorded_in_the_run(tagged, tiny_config) -> None:
     results = tagged.load_run_results("cliprnn_rec")
     assert len(results.no_queries) == 3 and results.skipped == 3 and results.processed == 1
     assert "rec_error" not in tagged.get_field_schema()  # skipped, not failed
+
+
+# ------------------------------------------------------- stale copies and unapplied edits
+def _stroke_cat(ds: fo.Dataset, sid: str, rows: slice, cols: slice) -> None:
+    """Paint the first cat of sample ``sid`` over ``rows``/``cols`` as the App saves it."""
+    sample = ds[sid]
+    cat = next(d for d in sample["car_det"].detections if d.label == "cat")
+    pixels = instance_pixels(cat, (48, 64))
+    pixels[rows, cols] = True
+    _app_save(cat, pixels)
+    sample.save()
+
+
+def _old_copy(ds: fo.Dataset, sid: str) -> fo.Detections:
+    """The instances of ``sid`` as an App page that loaded them now would hold them."""
+    return fo.Detections.from_dict(ds[sid]["car_det"].to_dict())
+
+
+def _write_back(ds: fo.Dataset, sid: str, labels: fo.Detections) -> None:
+    sample = ds[sid]
+    sample["car_det"] = labels
+    sample.save()
+
+
+def _check_ok(ds: fo.Dataset) -> None:
+    from cliprnn.fiftyone.check import check_field
+
+    report = check_field(ds, "car")
+    assert report.ok, report.broken
+
+
+def test_a_stale_copy_written_back_after_a_trim_is_refused(labelled) -> None:
+    sid = labelled.first().id
+    stale = _old_copy(labelled, sid)
+    _stroke_cat(labelled, sid, slice(2, 8), slice(20, 40))  # up into the sky
+    out = apply_mask_edits(labelled, "car")
+    assert out.trimmed == 1 and out.updated_ids == [sid]
+    folded = _mask(labelled, sid)
+    # a page still showing the untrimmed sky saves it back, with a new stroke on the cat
+    cat = next(d for d in stale.detections if d.label == "cat")
+    pixels = instance_pixels(cat, (48, 64))
+    pixels[44:47, 2:20] = True
+    _app_save(cat, pixels)
+    _write_back(labelled, sid, stale)
+    out = apply_mask_edits(labelled, "car")
+    assert list(out.refused) == [sid] and out.updated == 0 and "sky" in out.refused[sid]
+    assert "REFUSED" in out.message("car") and sid in out.message("car")
+    np.testing.assert_array_equal(_mask(labelled, sid), folded)  # nothing folded in
+    # the way out the message gives: rebuild the sample's instances, then edit again
+    rebuild_instances(labelled.select(sid), "car", discard_edits=True)
+    _stroke_cat(labelled, sid, slice(44, 47), slice(2, 20))
+    assert apply_mask_edits(labelled, "car").updated_ids == [sid]
+    assert (_mask(labelled, sid)[44:47, 2:20] == 1).all()
+    _check_ok(labelled)
+
+
+def test_a_stale_copy_written_back_after_a_rebuild_is_refused(labelled) -> None:
+    sid = labelled.first().id
+    stale = _old_copy(labelled, sid)
+    out = rebuild_instances(labelled, "car")
+    assert out.updated == 2 and not out.discarded
+    assert not {d.id for d in labelled[sid]["car_det"].detections} & {
+        d.id for d in stale.detections
+    }
+    _write_back(labelled, sid, stale)  # all four old instances back (the App's copy)
+    out = apply_mask_edits(labelled, "car")
+    assert list(out.refused) == [sid] and out.updated == 0
+
+
+def test_a_stale_copy_written_back_after_a_class_edit_is_refused(labelled) -> None:
+    sid = labelled.first().id
+    stale = _old_copy(labelled, sid)
+    edit_mask_classes(labelled, "car", delete=["sky"])
+    _write_back(labelled, sid, stale)  # the deleted sky instance comes back
+    out = apply_mask_edits(labelled, "car")  # refused for this sample, not a ConfigError
+    assert list(out.refused) == [sid]
+    assert "sky" not in labelled.mask_targets["car"].values()
+
+
+def test_a_rebuild_refuses_to_discard_unapplied_edits(labelled) -> None:
+    s0, s1 = labelled.values("id")
+    _stroke_cat(labelled, s1, slice(44, 47), slice(2, 20))
+    ids = {s: [d.id for d in labelled[s]["car_det"].detections] for s in (s0, s1)}
+    with pytest.raises(ConfigError, match=rf"1 sample.*{s1}.*discard_edits=True"):
+        rebuild_instances(labelled, "car")
+    assert {s: [d.id for d in labelled[s]["car_det"].detections] for s in (s0, s1)} == ids
+    assert unapplied_edits(labelled, "car") == [s1]
+    out = rebuild_instances(labelled.select(s0), "car")  # the other sample alone: fine
+    assert out.updated_ids == [s0] and [d.id for d in labelled[s1]["car_det"].detections] == ids[s1]
+    out = rebuild_instances(labelled, "car", discard_edits=True)
+    assert out.discarded == [s1] and unapplied_edits(labelled, "car") == []
+    _check_ok(labelled)
+
+
+def _values_agree(ds: fo.Dataset) -> None:
+    by_name = {n: int(v) for v, n in ds.mask_targets["car"].items()}
+    for sample in ds:
+        for det in sample["car_det"].detections:
+            assert det.value == by_name[det.label], (det.label, det.value)
+
+
+def test_value_follows_the_class_after_every_operation(labelled) -> None:
+    sid = labelled.first().id
+    sample = labelled[sid]
+    dets = sample["car_det"].detections
+    dog = next(d for d in dets if d.label == "dog")
+    dog.label = "cat"  # relabelled: still carries the dog's value
+    dets.append(fo.Detection(label="sky", bounding_box=[0.0, 0.9, 0.1, 0.1]))  # drawn: no value
+    sample.save()
+    out = apply_mask_edits(labelled, "car")
+    assert out.values_fixed == 2
+    _values_agree(labelled)
+    _check_ok(labelled)
+    edit_mask_classes(labelled, "car", merge={"pet": ["cat", "dog"]})
+    _values_agree(labelled)
+    for s in labelled:  # a merged class is listed once, with its best score
+        assert [(c.label, c.confidence) for c in s["car_scores"].classifications] == [
+            ("pet", pytest.approx(0.9)), ("sky", pytest.approx(0.7)), ("cow", 0.0)
+        ]  # fmt: skip
+    _check_ok(labelled)
+    edit_mask_classes(labelled, "car", rename={"sky": "air"})
+    _values_agree(labelled)
+    rebuild_instances(labelled, "car")
+    _values_agree(labelled)
+    _check_ok(labelled)
+
+
+_KILLED_EDIT = """
+import fiftyone as fo
+from cliprnn.fiftyone import edit_mask_classes
+ds = fo.load_dataset({name!r})
+edit_mask_classes(ds, "car", merge={{"pet": ["cat", "dog"]}})
+"""
+
+
+def _class_dataset(make_dataset, tmp_path: Path, n: int = 6) -> fo.Dataset:
+    """``n`` samples of ``labelled``'s kind, persistent (another process edits it); every
+    other sample keeps its semantic mask in a PNG file."""
+    from PIL import Image
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ds = make_dataset(3, persistent=True)
+    ds.add_samples([fo.Sample(filepath=s.filepath) for s in ds] * (n // 3 - 1))
+    for i, sample in enumerate(ds):
+        mask = _label_map(i)
+        if i % 2:
+            path = tmp_path / f"mask_{i}.png"
+            Image.fromarray(mask).save(path)
+            sample["car"] = fo.Segmentation(mask_path=str(path))
+        else:
+            sample["car"] = fo.Segmentation(mask=mask)
+        sample["car_scores"] = fo.Classifications(
+            classifications=[fo.Classification(label=n, confidence=c)
+                             for n, c in (("cat", 0.9), ("dog", 0.8), ("sky", 0.7))]
+        )  # fmt: skip
+        sample.save()
+    ds.mask_targets = {"car": dict(TARGETS)}
+    ds.save()
+    rebuild_instances(ds, "car")
+    return ds
+
+
+@pytest.mark.slow
+def test_a_killed_class_edit_never_misnames_and_is_finished_by_the_next_call(
+    make_dataset, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from cliprnn.fiftyone.edits import PENDING
+
+    ds = _class_dataset(make_dataset, tmp_path / "a")
+    ref = _class_dataset(make_dataset, tmp_path / "b")
+    originals = {s.id: s["car"].get_mask().copy() for s in ds}
+    merged = {"cat": "pet", "dog": "pet", "sky": "sky"}
+    env = {**os.environ, "CLIPRNN_KILL_AT": "class_edit_sample:4"}
+    script = _KILLED_EDIT.format(name=ds.name)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    ds.reload()
+    assert ds.info[PENDING]["car"]["request"]["merge"] == {"pet": ["cat", "dog"]}
+    # part done, yet every pixel of every sample names the class it will have
+    targets = ds.mask_targets["car"]
+    rewritten = 0
+    for sample in ds:
+        ds_mask, orig = sample["car"].get_mask(), originals[sample.id]
+        rewritten += not np.array_equal(ds_mask, orig)
+        for value in np.unique(orig[orig > 0]):
+            names = {targets[int(v)] for v in np.unique(ds_mask[orig == value])}
+            assert names == {merged[TARGETS[int(value)]]}, (sample.id, value, names)
+    assert 0 < rewritten < len(ds)  # the kill came part way
+    # the interrupted call again: it finishes the edit, as if never interrupted
+    targets = edit_mask_classes(ds, "car", merge={"pet": ["cat", "dog"]})
+    want = edit_mask_classes(ref, "car", merge={"pet": ["cat", "dog"]})
+    assert targets == want == {1: "pet", 3: "sky"} and PENDING not in ds.info
+    for a, b in zip(ds, ref, strict=True):
+        np.testing.assert_array_equal(a["car"].get_mask(), b["car"].get_mask())
+        assert [(d.label, d.value) for d in a["car_det"].detections] == [
+            (d.label, d.value) for d in b["car_det"].detections
+        ]
+        assert [c.label for c in a["car_scores"].classifications] == ["pet", "sky"]
+    _check_ok(ds)
