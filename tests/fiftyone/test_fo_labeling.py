@@ -548,3 +548,94 @@ def test_a_killed_class_edit_never_misnames_and_is_finished_by_the_next_call(
         ]
         assert [c.label for c in a["car_scores"].classifications] == ["pet", "sky"]
     _check_ok(ds)
+
+
+# ------------------------------------------------------------ the operators' forms and runs
+URI = "@cliprnn/clip-as-rnn/apply_mask_edits"
+
+
+def _form(ds: fo.Dataset, params: dict, **request) -> dict:
+    """The Apply mask edits form's properties for ``params`` (``request``: current_sample,
+    selected, active_fields as the App sends them)."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext({"dataset_name": ds.name, "params": params, **request}, operator_uri=URI)
+    return foo.get_operator(URI).resolve_input(ctx).type.properties
+
+
+def _label(prop) -> str:
+    return getattr(prop.view, "label", "") or ""
+
+
+def _run(ds: fo.Dataset, params: dict, **request) -> tuple[dict, list[dict]]:
+    import fiftyone.operators as foo
+
+    out = foo.execute_operator(URI, dict(dataset=ds, params=params, **request)).to_json()
+    assert not out["error"], out["error"]
+    return out["result"], out["executor"]["requests"]
+
+
+def test_apply_says_in_a_warning_when_nothing_was_folded(labelled) -> None:
+    sid = labelled.first().id
+    result, requests = _run(labelled, {"label_field": "car"}, current_sample=sid)
+    assert result["variant"] == "warning" and "Nothing was folded" in result["message"]
+    assert [r["params"]["variant"] for r in requests if r["operator_uri"] == "notify"] == [
+        "warning"
+    ]
+    assert not any(r["operator_uri"].endswith("refresh_samples") for r in requests)
+
+
+def test_apply_has_the_app_refresh_exactly_the_samples_it_rewrote(labelled) -> None:
+    s0, s1 = labelled.values("id")
+    _stroke_cat(labelled, s1, slice(44, 47), slice(2, 20))
+    params = {"label_field": "car", "scope": "target"}
+    result, requests = _run(labelled, params, current_sample=s0)
+    assert result["variant"] == "success" and result["updated"] == 1
+    called = [r["operator_uri"] for r in requests]
+    assert called.index("close_sample") < called.index("@cliprnn/clip-as-rnn/refresh_samples")
+    (refresh,) = [r["params"] for r in requests if r["operator_uri"].endswith("refresh_samples")]
+    assert refresh == {"ids": [s1], "reopen": s0}
+    assert "reload the page" not in result["message"]
+
+
+def test_the_forms_say_what_they_touch_and_default_to_the_open_sample(labelled) -> None:
+    s0, s1 = labelled.values("id")
+    props = _form(labelled, {"direction": "to_detections"}, current_sample=s0)
+    assert "on the open sample" in _label(props["touches"])
+    assert props["scope"].default == "sample"
+    props = _form(labelled, {"direction": "to_detections", "scope": "target"}, current_sample=s0)
+    assert "the whole dataset (2 samples)" in _label(props["touches"])
+    assert "'car_det'" in _label(props["touches"]) and "'car'" in _label(props["touches"])
+    # unapplied edits on the other sample: named, and Execute refused until allowed
+    _stroke_cat(labelled, s1, slice(44, 47), slice(2, 20))
+    params = {"direction": "to_detections", "scope": "target"}
+    props = _form(labelled, params, current_sample=s0)
+    assert props["unapplied"].invalid and s1 in _label(props["unapplied"])
+    props = _form(labelled, {**params, "discard_edits": True}, current_sample=s0)
+    assert "unapplied" not in props
+    # the open sample alone has none: nothing to refuse
+    assert "unapplied" not in _form(labelled, {"direction": "to_detections"}, current_sample=s0)
+
+
+def test_apply_preselects_the_pair_edited_last(labelled) -> None:
+    for sample in labelled:
+        sample["car_2"] = fo.Segmentation(mask=sample["car"].get_mask())
+        sample.save()
+    labelled.mask_targets = {**labelled.mask_targets, "car_2": dict(TARGETS)}
+    labelled.save()
+    rebuild_instances(labelled, "car_2")
+    s1 = labelled.values("id")[1]
+    assert _form(labelled, {}, current_sample=s1)["label_field"].default == "car"
+    sample = labelled[s1]
+    cat = next(d for d in sample["car_2_det"].detections if d.label == "cat")
+    pixels = instance_pixels(cat, (48, 64))
+    pixels[44:47, 2:20] = True
+    _app_save(cat, pixels)
+    sample.save()
+    props = _form(labelled, {}, current_sample=s1)  # the open sample's edited pair
+    assert props["label_field"].default == "car_2"
+    assert props["detections_field"].default == "car_2_det"
+    assert _form(labelled, {})["label_field"].default == "car_2"  # the last modified sample's
+    result, _ = _run(labelled, {"label_field": "car_2", "detections_field": "car_2_det"})
+    assert result["updated"] == 1 and result["variant"] == "success"
