@@ -152,7 +152,7 @@ class Segment(foo.Operator):
         try:
             run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
             for p in run:
-                yield ctx.trigger("set_progress", dict(progress=p.fraction, label=p.label))
+                yield ctx.trigger("set_progress", dict(progress=p.fraction, label=_running(p)))
         except Exception as e:
             # A generator's exception never reaches the App: say it before re-raising.
             message = f"Segment failed: {type(e).__name__}: {e}"
@@ -411,6 +411,17 @@ def exemplar_queries(params: dict[str, Any], dataset: Any) -> list[Any]:
     if dataset is None:
         raise ConfigError(f"exemplar sets {names} need the dataset that stores them")
     return [load_exemplar_set(dataset, name) for name in names]
+
+
+#: Said under the progress bar while a run goes on: the App's progress view (FiftyOne's
+#: ``set_progress``) always has a "Done" button, which only hides the view.
+GOES_ON = " (Done hides this view; the run goes on)"
+
+
+def _running(progress: Any) -> str:
+    """The progress label of an immediate run: the run's own, plus :data:`GOES_ON` until
+    the last sample is written."""
+    return progress.label if progress.fraction >= 1 else progress.label + GOES_ON
 
 
 def _summary_message(run: Any) -> str:
@@ -850,7 +861,8 @@ def _writes_text(ctx, field: str, video: bool) -> str:
         note = "; their existing labels there are replaced, other samples keep theirs"
     return (
         f"Writes {where}{listed} (and '{f.error}' for failing samples) on "
-        f"{target_text(ctx)}{note}. Nothing else is changed."
+        f"{target_text(ctx)}{note}, and the field's classes, colours and run record in the "
+        "dataset's settings. Nothing else is changed."
     )
 
 

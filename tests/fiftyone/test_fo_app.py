@@ -213,12 +213,16 @@ def test_edit_operators_reload_the_open_sample(app_server, app_dataset) -> None:
             body = dict(dataset_name=app_dataset.name, operator_uri=f"{URI}/{operator}",
                         params=params, current_sample=sid)  # fmt: skip
             got = json.loads(_post(app_server, "/operators/execute", body))
-            called = [r["operator_uri"] for r in got["executor"]["requests"]]
+            requests = got["executor"]["requests"]
+            called = [r["operator_uri"] for r in requests]
             assert "reload_samples" in called and "reload_dataset" in called, got
             assert "close_sample" in called, got  # the stale open sample is closed
-            notes = [r["params"]["message"] for r in got["executor"]["requests"]
-                     if r["operator_uri"] == "notify"]  # fmt: skip
-            assert notes and "reload the page" in notes[-1], got
+            # the App replaces its copy of the rewritten sample and reopens it (plugin JS)
+            (refresh,) = [r["params"] for r in requests
+                          if r["operator_uri"] == f"{URI}/refresh_samples"]  # fmt: skip
+            assert refresh["reopen"] == sid and (refresh["ids"] is None or sid in refresh["ids"])
+            notes = [r["params"]["message"] for r in requests if r["operator_uri"] == "notify"]
+            assert notes and "reload the page" not in notes[-1], got  # no F5 step left
         app_dataset.reload()
         assert app_dataset.label_schemas["car_fb_det"]["classes"] == ["stroke"]
     finally:

@@ -116,3 +116,21 @@ def test_a_finished_run_gives_the_app_its_colours_at_once(make_dataset, tiny_con
     assert sent["car"] == stored["car"] and sent["car_det"] == stored["car_det"]
     assert {c["intTarget"] for c in sent["car"]["maskTargetsColors"]} == {1, 2}
     assert triggers["set_color_scheme"]["color_by"] == ds.app_config.color_scheme.color_by
+
+
+def test_the_progress_view_says_its_done_button_does_not_stop_the_run(
+    make_dataset, tiny_config
+) -> None:
+    ds = make_dataset(2)
+    params = {"query_text": "red circle", "batch_size": 1, **_mini(tiny_config)}
+    messages = list(foo.get_operator(URI).execute(_ctx(ds, params)))
+    labels = [
+        (m.body.params["progress"], m.body.params["label"])
+        for m in messages
+        if getattr(m.body, "operator_uri", None) == "set_progress"
+    ]
+    assert labels[-1] == (1.0, "Segmented 2/2 samples")
+    running = [label for progress, label in labels if progress < 1]
+    assert running and all(
+        label.endswith("(Done hides this view; the run goes on)") for label in running
+    )
