@@ -37,14 +37,15 @@
     "  }\n" +
     "}";
 
-  /** Ids among `ids` (all when null) whose sample the App holds a modal copy of. */
+  /** Ids among `ids` (all when null) whose sample the App holds a modal copy of: only the
+   * sample modal edits labels (the grid's thumbnails are redrawn by `reload_samples`). */
   function heldIds(ids) {
     var env = fos.getCurrentEnvironment && fos.getCurrentEnvironment();
     if (!env) return ids || [];
     var source = env.getStore().getSource();
     if (ids) {
       return ids.filter(function (id) {
-        return !!source.get(id + "-modal") || !!source.get(id);
+        return !!source.get(id + "-modal");
       });
     }
     return source

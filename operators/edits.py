@@ -159,6 +159,14 @@ class ApplyMaskEdits(foo.Operator):
         if missing:
             fail(inputs, "missing", missing)
             return types.Property(inputs)
+        if ctx.dataset.media_type == "video":
+            fail(
+                inputs,
+                "video",
+                "Apply mask edits works on image samples: the frame fields of a video dataset "
+                "(frames.<field>) are not supported",
+            )
+            return types.Property(inputs)
         direction = ctx.params.get("direction") or "to_segmentation"
         verb = "Fold edits of" if direction == "to_segmentation" else "Rebuild"
         inputs.view_target(ctx, action_description=verb, allow_selected_samples=True)
@@ -396,8 +404,18 @@ class EditMaskClasses(foo.Operator):
         )
         if action != "delete":
             inputs.str("new_name", required=True, label="New name")
-        if action == "rename" and len(ctx.params.get("classes") or []) > 1:
+        chosen = list(ctx.params.get("classes") or [])
+        if action == "rename" and len(chosen) > 1:
             fail(inputs, "rename_error", "Rename takes one class; use Merge for several")
+        new_name = (ctx.params.get("new_name") or "").strip()
+        if action == "rename" and new_name in names and new_name not in chosen:
+            inputs.view(
+                "merge_warning",
+                types.Warning(
+                    label=f"'{new_name}' is already a class of '{field}': renaming "
+                    f"{chosen} to it merges them into '{new_name}' (one class, one mask value)"
+                ),
+            )
         n = ctx.dataset.exists(field).count()
         det = f"{field}_det"
         touched = [field] + [f for f in (det, f"{field}_scores") if ctx.dataset.has_field(f)]

@@ -151,15 +151,14 @@ def _finish(page, prompt, text: str) -> None:
     ad.finish_prompt(page, prompt)
 
 
-def _settled_refresh(page, timeout: float = 30) -> None:
-    """Give the plugin's refresh time to run in the page (it reopens the modal); go on
-    without it after ``timeout`` s, as a person would: the database checks decide."""
+def _refreshed(page, timeout: float = 60) -> list[str]:
+    """The sample ids the plugin's ``refresh_samples`` replaced in the App after the last
+    operator (it also reopens the modal); waits for it to run."""
     count = "() => (window.__cliprnn__?.refreshes || []).length"
-    try:
-        ad.wait_until(page, lambda: page.evaluate(count) > 0, timeout=timeout)
-    except AssertionError:
-        return
+    ad.wait_until(page, lambda: page.evaluate(count) > 0, timeout=timeout, what="the refresh")
+    done = page.evaluate("() => window.__cliprnn__.refreshes.flatMap(r => r.refreshed)")
     page.evaluate("() => { window.__cliprnn__.refreshes = []; }")
+    return done
 
 
 def test_edit_right_after_a_fold_back_that_trimmed_an_overlap(app, integrity_dataset) -> None:
@@ -183,7 +182,7 @@ def test_edit_right_after_a_fold_back_that_trimmed_an_overlap(app, integrity_dat
     _check(ds)
 
     # 2. without reloading the page, paint the cat again (below it, over background)
-    _settled_refresh(page)
+    assert _refreshed(page) == [sid]
     _ensure_open(page, 0)
     _brush_on(page, "cat", STROKE_BELOW)
     cat2 = _pixels(_by_label(ds, sid, "cat"))
@@ -215,7 +214,7 @@ def test_edit_right_after_a_rebuild(app, integrity_dataset) -> None:
     _check(ds)
 
     # 2. without reloading, paint the cat: the rebuilt instances stay, with the stroke
-    _settled_refresh(page)
+    assert _refreshed(page) == [sid]
     _ensure_open(page, 0)
     edited = _brush_on(page, "cat", STROKE_BELOW)
     assert edited in rebuilt

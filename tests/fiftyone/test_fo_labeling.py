@@ -554,14 +554,14 @@ def test_a_killed_class_edit_never_misnames_and_is_finished_by_the_next_call(
 URI = "@cliprnn/clip-as-rnn/apply_mask_edits"
 
 
-def _form(ds: fo.Dataset, params: dict, **request) -> dict:
-    """The Apply mask edits form's properties for ``params`` (``request``: current_sample,
-    selected, active_fields as the App sends them)."""
+def _form(ds: fo.Dataset, params: dict, uri: str = URI, **request) -> dict:
+    """The form's properties of operator ``uri`` (default Apply mask edits) for ``params``
+    (``request``: current_sample, selected, active_fields as the App sends them)."""
     import fiftyone.operators as foo
     from fiftyone.operators.executor import ExecutionContext
 
-    ctx = ExecutionContext({"dataset_name": ds.name, "params": params, **request}, operator_uri=URI)
-    return foo.get_operator(URI).resolve_input(ctx).type.properties
+    ctx = ExecutionContext({"dataset_name": ds.name, "params": params, **request}, operator_uri=uri)
+    return foo.get_operator(uri).resolve_input(ctx).type.properties
 
 
 def _label(prop) -> str:
@@ -639,3 +639,22 @@ def test_apply_preselects_the_pair_edited_last(labelled) -> None:
     assert _form(labelled, {})["label_field"].default == "car_2"  # the last modified sample's
     result, _ = _run(labelled, {"label_field": "car_2", "detections_field": "car_2_det"})
     assert result["updated"] == 1 and result["variant"] == "success"
+
+
+def test_rename_onto_an_existing_class_says_it_merges(labelled) -> None:
+    uri = "@cliprnn/clip-as-rnn/edit_mask_classes"
+    params = {"label_field": "car", "action": "rename", "classes": ["dog"], "new_name": "cat"}
+    props = _form(labelled, params, uri)
+    assert "merges them into 'cat'" in _label(props["merge_warning"])
+    assert "merge_warning" not in _form(labelled, {**params, "new_name": "puppy"}, uri)
+    assert "'car_det'" in _label(props["scope"]) and "2 with 'car'" in _label(props["scope"])
+
+
+def test_apply_on_a_video_dataset_says_frame_fields_are_unsupported(tmp_path: Path) -> None:
+    ds = fo.Dataset(f"cliprnn-test-{uuid.uuid4().hex[:8]}")
+    try:
+        ds.add_sample(fo.Sample(filepath=str(tmp_path / "clip.mp4")))
+        props = _form(ds, {})
+        assert props["video"].invalid and "frame fields" in _label(props["video"])
+    finally:
+        ds.delete()
