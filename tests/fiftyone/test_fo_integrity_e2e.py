@@ -256,18 +256,22 @@ def test_rebuild_refuses_to_discard_unapplied_edits_on_another_sample(
     ad.open_sample(page, 0)
     prompt = ad.open_operator(page, "Apply mask edits (CLIP as RNN)")
     prompt.get_by_text("Semantic mask → instances", exact=False).first.click()
-    # the form says what it touches: the open sample, or the whole dataset
-    expect(prompt.get_by_text("on the open sample", exact=False).first).to_be_visible(
-        timeout=30_000
-    )
-    prompt.get_by_text("all 2 of the dataset", exact=False).first.click()
-    expect(prompt.get_by_text("the whole dataset (2 samples)", exact=False).first).to_be_visible(
-        timeout=30_000
-    )
-    # refused: names the other sample, Execute disabled
-    expect(prompt.get_by_text(s1, exact=False).first).to_be_visible(timeout=30_000)
+    # the form says what it touches: the open sample by default, or the whole dataset
+    shown = prompt.get_by_text("on the open sample", exact=False).first
+    says_open_sample = shown.or_(prompt.get_by_text("Instance field", exact=True)).first
+    expect(says_open_sample).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(2000)  # the form resolves again after each change
+    says_open_sample = shown.count() > 0
+    whole = prompt.get_by_text("all 2 of the dataset", exact=False)
+    if whole.count():
+        whole.first.click()
+    # refused: Execute disabled, the other sample named
     execute = prompt.get_by_role("button", name="Execute", exact=True)
+    page.wait_for_timeout(2000)  # the form resolves again after each change
     expect(execute).to_be_disabled(timeout=30_000)
+    expect(prompt.get_by_text(s1, exact=False).first).to_be_visible(timeout=30_000)
+    assert says_open_sample
+    expect(prompt.get_by_text("the whole dataset (2 samples)", exact=False).first).to_be_visible()
     assert {d.id for d in _dets(ds, s0)} == before_s0
     assert {d.id: _pixels(d) for d in _dets(ds, s1)}.keys() == edited_det.keys()
     # ticked: both samples rebuilt, the unapplied edit discarded as asked
@@ -312,13 +316,18 @@ def test_apply_after_editing_a_second_runs_field(app, integrity_dataset) -> None
     assert (cat & ~(car_before == 1)).sum() > 20
 
     prompt = ad.open_operator(page, "Apply mask edits (CLIP as RNN)")
-    # the form pre-selects the pair just edited and says what it writes
-    expect(prompt.get_by_text("Writes 'car_2' (and trims", exact=False).first).to_be_visible(
-        timeout=30_000
-    )
+    # Execute with what the form pre-selects: the pair just edited, which it names
     execute = prompt.get_by_role("button", name="Execute", exact=True)
     expect(execute).to_be_enabled(timeout=30_000)
+    page.wait_for_timeout(2000)  # the form's defaults resolve after it opens
+    names_pair = prompt.get_by_text("Writes 'car_2' (and trims", exact=False).count() > 0
     execute.click()
+    expect(prompt.get_by_text("Folded edits into", exact=False).first).to_be_visible(
+        timeout=120_000
+    )
+    ds.reload()
+    assert not np.array_equal(_stored(ds, sid, "car_2"), car_before), "car_2 was not folded"
+    assert names_pair
     _finish(page, prompt, "Folded edits into 'car_2': 1 sample(s) updated")
     expected = car_before.copy()
     expected[cat] = 1
