@@ -7,7 +7,7 @@ querying the whole class list on every image gives CaR distractors to remove.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -458,6 +458,10 @@ def _thing_text(names: Sequence[str], rng: np.random.Generator) -> str:
     return describe(names)
 
 
+#: Draws visual prompts for one binary mask: (RGB uint8 image, bool mask, prompt names) -> image.
+PromptDrawer = Callable[[np.ndarray, np.ndarray, Sequence[str]], np.ndarray]
+
+
 @dataclass
 class TrainingPair:
     """One (image, caption) pair; pairs with equal ``key`` describe the same content.
@@ -473,11 +477,14 @@ class TrainingPair:
     labels: tuple[str, ...] = ()
 
 
-def training_pair(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> TrainingPair:
+def training_pair(
+    seed: int, size: tuple[int, int] = DEFAULT_SIZE, draw: PromptDrawer | None = None
+) -> TrainingPair:
     """A contrastive training pair of one seed: a scene, a crop, a prompted view or plain stuff.
 
     Prompted views (blur/gray outside one object, a red ellipse around it) carry that object's
-    caption, so a model learns to read CaR's visual prompts.
+    caption, so a model learns to read CaR's visual prompts. ``draw(image, mask, prompts)`` draws
+    them (default: ``visual_prompt`` with a random line thickness of 1-3).
     """
     rng = np.random.default_rng([seed, 7])
     r = rng.random()
@@ -535,7 +542,11 @@ def training_pair(seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> TrainingPa
         4: ("gray",),
         5: ("blur", "gray", "circle"),
     }[int(rng.choice(6, p=[0.25, 0.35, 0.1, 0.15, 0.05, 0.1]))]
-    image = visual_prompt(scene.image, mask, prompts, thickness=int(rng.integers(1, 4)))
+    thickness = int(rng.integers(1, 4))  # drawn either way: the caption below stays the same
+    if draw is None:
+        image = visual_prompt(scene.image, mask, prompts, thickness=thickness)
+    else:
+        image = draw(scene.image, mask, prompts)
     templates = CAPTION_TEMPLATES if key == name else STUFF_TEMPLATES
     caption = str(rng.choice(templates)).format(name)
     return TrainingPair(image, caption, key, "prompt", (name,))

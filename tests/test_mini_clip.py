@@ -6,6 +6,7 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,6 +141,85 @@ def test_a_grown_tower_starts_as_the_source_model() -> None:
         bigger.text_model.embeddings.token_embedding.weight,
         source.text_model.embeddings.token_embedding.weight,
     )
+
+
+def test_a_widened_tower_has_more_heads_and_the_same_embeddings() -> None:
+    from transformers import CLIPModel
+
+    from cliprnn.mini_clip.model import widen_vision_tower
+    from cliprnn.mini_clip.train import image_embeddings
+
+    torch.manual_seed(0)
+    source = CLIPModel(mini_clip_config(vision_layers=2, text_layers=1, image_size=32)).eval()
+    wide = widen_vision_tower(source, 192).eval()
+    assert wide.config.vision_config.num_attention_heads == 3
+    assert wide.config.vision_config.intermediate_size == 4 * 192
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = image_embeddings(source, pixels), image_embeddings(wide, pixels)
+        noisy = image_embeddings(widen_vision_tower(source, 192, noise=0.05).eval(), pixels)
+    for head in a:
+        torch.testing.assert_close(b[head], a[head], atol=1e-5, rtol=0)
+        # the noise breaks the copies' symmetry and moves the embeddings only a little
+        assert 0 < (noisy[head] - a[head]).abs().max() < 0.2
+    torch.testing.assert_close(
+        wide.text_model.embeddings.token_embedding.weight,
+        source.text_model.embeddings.token_embedding.weight,
+    )
+    with pytest.raises(ValueError, match="multiple"):
+        widen_vision_tower(source, 96)
+
+
+def test_prompted_pairs_are_drawn_by_the_inference_drawer() -> None:
+    from cliprnn.mini_clip.train import PairBatches, inference_prompts, to_pixels
+    from cliprnn.scenes import training_pair
+
+    calls: list[tuple[str, ...]] = []
+
+    def recording(image, mask, prompts):
+        calls.append(tuple(prompts))
+        return inference_prompts(image, mask, prompts)
+
+    seeds = range(60)
+    old = [training_pair(s) for s in seeds]
+    new = [training_pair(s, draw=recording) for s in seeds]
+    prompted = [i for i, p in enumerate(old) if p.kind == "prompt"]
+    assert len(calls) == len(prompted) > 10
+    # the same pairs (captions, labels), only the prompts' drawing differs (ellipse, thickness)
+    assert [(p.caption, p.labels) for p in old] == [(p.caption, p.labels) for p in new]
+    assert any(not np.array_equal(old[i].image, new[i].image) for i in prompted)
+    # what the training batches hold is the inference drawer's image
+    batch = next(iter(PairBatches(11, batch=6, side=32, hires_every=0)))
+    rng = np.random.default_rng(11)
+    first = int(rng.integers(0, 1_000_000))
+    pairs = [training_pair(s, draw=inference_prompts) for s in range(first, first + 6)]
+    assert batch["captions"] == [p.caption for p in pairs]
+    torch.testing.assert_close(batch["pixels"], to_pixels([p.image for p in pairs], 32))
+
+
+def test_cpu_autocast_dtype_trains_and_validation_keeps_the_best(tmp_path: Path) -> None:
+    from cliprnn.mini_clip.train import STATE_FILE, autocast_dtype, train, validate
+
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert autocast_dtype("float32", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="dtype"):
+        autocast_dtype("float16", torch.device("cpu"))
+    tiny = dict(width=64, vision_layers=1, text_layers=1, image_size=32, projection_dim=32)
+    model = train(0, 60.0, tmp_path, tokenizer_dir(), batch=6, lr=1e-3, max_steps=2,
+                  model_kwargs=tiny, log=lambda _: None, workers=0, dtype="bfloat16",
+                  checkpoint_minutes=0.0, val_role="classifier",
+                  val_seeds=range(998_000, 998_003))  # fmt: skip
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    rows = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    best = json.loads((tmp_path / "best" / "val.json").read_text())
+    assert best["score"] == max(r["score"] for r in rows)
+    assert (tmp_path / "best" / "model.safetensors").exists()
+    assert not (tmp_path / "best" / STATE_FILE).exists()
+    state = torch.load(tmp_path / "checkpoint" / STATE_FILE, weights_only=False)
+    assert state["best_score"] == best["score"]
+    with pytest.raises(ValueError, match="training seeds"):
+        validate(tmp_path / "best", "classifier", range(10_000_000, 10_000_002))
 
 
 def test_bank_loss_prefers_the_labelled_text() -> None:

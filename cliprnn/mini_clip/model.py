@@ -129,23 +129,77 @@ def grow_vision_tower(
     return grown
 
 
+def widen_vision_tower(
+    source: CLIPModel, width: int, noise: float = 0.0, seed: int = 0
+) -> CLIPModel:
+    """A copy of ``source`` whose image tower is ``width`` wide (more heads), same embeddings.
+
+    ``width`` must be a multiple k of the source's width. The residual stream holds k copies of
+    the source's; every head and MLP unit is copied k times and every input-side weight divided
+    by k, so each copy computes what the source did (LayerNorm of k equal copies is the copy of
+    the LayerNorm). Copies get identical gradients, so ``noise`` (a fraction of each weight
+    matrix's standard deviation, seeded) breaks the symmetry; with ``noise=0`` the embeddings
+    are the source's. The text tower is copied unchanged.
+    """
+    src_v = source.config.vision_config
+    old = src_v.hidden_size
+    if width % old or width < old:
+        raise ValueError(f"width {width} must be a multiple of the source's width {old}")
+    k = width // old
+    config = CLIPConfig.from_dict(source.config.to_dict())
+    config.vision_config.hidden_size = width
+    config.vision_config.intermediate_size = src_v.intermediate_size * k
+    config.vision_config.num_attention_heads = width // HEAD_DIM
+    wide = CLIPModel(config)
+    gen = torch.Generator().manual_seed(seed)
+    state = source.state_dict()
+    target = wide.state_dict()
+    for name, new in target.items():
+        old_t = state[name]
+        if not name.startswith(("vision_model.", "visual_projection.")) or old_t.shape == new.shape:
+            target[name] = old_t.clone()
+            continue
+        reps = [n // o for n, o in zip(new.shape, old_t.shape, strict=True)]
+        t = old_t.float().repeat(*reps)
+        # a weight reading the widened stream (or hidden units) sums k copies: divide by k
+        if t.ndim == 2 and reps[1] > 1 and "embedding" not in name:
+            t = t / reps[1]
+        if noise > 0 and t.ndim >= 2:
+            t = t + noise * t.std() * torch.randn(t.shape, generator=gen)
+        target[name] = t.to(new.dtype)
+    wide.load_state_dict(target)
+    return wide
+
+
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m cliprnn.mini_clip.model grow SRC DST --vision-layers 6 --image-size 96``."""
+    """CLI: ``python -m cliprnn.mini_clip.model grow SRC DST --vision-layers 6 --image-size 96``
+    or ``... widen SRC DST --width 128`` (more heads in the image tower)."""
     import argparse
 
     from cliprnn.assets import tokenizer_dir
 
     ap = argparse.ArgumentParser(description="grow a miniature CLIP's image tower")
-    ap.add_argument("command", choices=("grow",))
+    ap.add_argument("command", choices=("grow", "widen"))
     ap.add_argument("source", type=Path)
     ap.add_argument("dest", type=Path)
-    ap.add_argument("--vision-layers", type=int, required=True)
-    ap.add_argument("--image-size", type=int, required=True)
+    ap.add_argument("--vision-layers", type=int, help="grow: blocks of the image tower")
+    ap.add_argument("--image-size", type=int, help="grow: input side of the image tower")
+    ap.add_argument("--width", type=int, help="widen: width of the image tower")
+    ap.add_argument("--noise", type=float, default=0.01, help="widen: symmetry-breaking noise")
     args = ap.parse_args(argv)
     source = CLIPModel.from_pretrained(args.source, dtype=torch.float32)
-    grown = grow_vision_tower(source, args.vision_layers, args.image_size)
-    save_clip_folder(grown, args.dest, tokenizer_dir(), dtype=torch.float32)
-    print(f"saved {args.dest}: {args.vision_layers} blocks at {args.image_size} px")
+    if args.command == "grow":
+        if args.vision_layers is None or args.image_size is None:
+            ap.error("grow needs --vision-layers and --image-size")
+        model = grow_vision_tower(source, args.vision_layers, args.image_size)
+        what = f"{args.vision_layers} blocks at {args.image_size} px"
+    else:
+        if args.width is None:
+            ap.error("widen needs --width")
+        model = widen_vision_tower(source, args.width, noise=args.noise)
+        what = f"image tower {args.width} wide ({args.width // HEAD_DIM} heads)"
+    save_clip_folder(model, args.dest, tokenizer_dir(), dtype=torch.float32)
+    print(f"saved {args.dest}: {what}")
 
 
 if __name__ == "__main__":

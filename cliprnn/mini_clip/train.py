@@ -3,7 +3,8 @@
 Run: ``python -m cliprnn.mini_clip.train --seed 0 --steps 5000 --out DIR`` (or ``--minutes M``
 for a wall-time budget); ``--role classifier`` with a larger ``--width``/``--image-size`` trains
 the classifier model. ``--init DIR/checkpoint --resume`` continues a stopped run.
-Only image-text pairs are used (no mask supervision). Three image
+Only image-text pairs are used (no mask supervision); prompted views are drawn by the engine's
+own ``apply_visual_prompts``, exactly as CaR shows them to the classifier. Three image
 embeddings are trained: the final CLS token (standard CLIP), the penultimate block's CLS token
 (what CaR's faithful classifier reads) and the mean of the final patch tokens (what CaR's
 Grad-CAM head reads). Each gets a caption InfoNCE and a cross-entropy against the whole
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,7 @@ from cliprnn.scenes import (
     STUFF_TEMPLATES,
     training_pair,
 )
+from cliprnn.visual_prompts import apply_visual_prompts
 
 #: Training pairs use seeds below this; benchmarks use seeds from BENCHMARK_SEED_START.
 TRAIN_SEED_LIMIT = 1_000_000
@@ -53,6 +56,11 @@ def bilinear_pos_encoding(embeddings: torch.nn.Module):
         return torch.cat([pos[:1].unsqueeze(0), patch], dim=1)
 
     return interpolate
+
+
+def inference_prompts(image: np.ndarray, mask: np.ndarray, prompts) -> np.ndarray:
+    """``prompts`` drawn for a binary ``mask`` exactly as CaR draws them for a proposal."""
+    return apply_visual_prompts(image, mask.astype(np.float32), tuple(prompts), 0.5)
 
 
 def to_pixels(images: list[np.ndarray], side: int) -> torch.Tensor:
@@ -215,7 +223,7 @@ class PairBatches(torch.utils.data.IterableDataset):
             step += 1
             if not mine:
                 continue
-            pairs = [training_pair(s) for s in seeds]
+            pairs = [training_pair(s, draw=inference_prompts) for s in seeds]
             targets = torch.zeros(n, len(VOCABULARY))
             for row, pair in enumerate(pairs):
                 for label in pair.labels:
@@ -245,6 +253,104 @@ def pick_device(name: str) -> torch.device:
 STATE_FILE = "train_state.pt"
 
 
+def make_optimizer(model: CLIPModel, lr: float) -> torch.optim.AdamW:
+    """AdamW (CLIP's betas and eps); no weight decay on embeddings, biases and norms."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+
+
+def train_step(
+    model: CLIPModel,
+    opt: torch.optim.Optimizer,
+    data: dict,
+    tokens: TextCache,
+    heads: tuple[str, ...],
+    autocast,
+    dev: torch.device,
+) -> dict[str, torch.Tensor]:
+    """One optimizer step on a ``PairBatches`` batch; returns the (detached) losses by name."""
+    n = len(data["captions"])
+    ids, mask = tokens(data["captions"] + data["bank"])
+    with autocast:
+        imgs = image_embeddings(model, data["pixels"].to(dev, non_blocking=True), heads)
+        txt = text_embeddings(model, ids.to(dev), mask.to(dev))
+    captions, bank = txt[:n], txt[n:]
+    targets = data["targets"].to(dev)
+    scale = model.logit_scale.exp().clamp(max=100)
+    losses = {k: contrastive_loss(v, captions, data["keys"], scale) for k, v in imgs.items()}
+    losses.update({f"{k}_bank": bank_loss(v, bank, targets, scale) for k, v in imgs.items()})
+    loss = sum(losses.values())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return {k: v.detach() for k, v in losses.items()}
+
+
+#: Autocast dtypes of --dtype; "auto" is bfloat16 on CUDA and CPU_DTYPE on the CPU.
+DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+
+#: The CPU default: float32. On the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512/AMX) that trains
+#: these models bfloat16 autocast was slower (docs/mini_clip.md, "Training speed").
+CPU_DTYPE = "float32"
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--dtype name`` on ``device`` (None: plain float32)."""
+    if name == "auto":
+        name = "bfloat16" if device.type == "cuda" else CPU_DTYPE
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+#: Validation scenes (training seeds, never the benchmark's): the best checkpoint is kept by
+#: their score. Disjoint from tune.py's default 999000+ and evaluate's 990000+ training checks.
+VAL_SEEDS = range(998_000, 998_064)
+
+
+def validate(folder: Path, role: str, seeds: range) -> dict[str, float]:
+    """A checkpoint's validation score on training seeds (higher is better: ``score``).
+
+    ``both``/proposal: CaR's oracle-query mIoU (only the present classes queried, one step) with
+    the checkpoint as the proposal model and the shipped classifier; ``classifier``: prompted
+    top-1 (faithful tower, the ``mini`` preset's prompts) of the checkpoint as the classifier.
+    """
+    if max(seeds) >= TRAIN_SEED_LIMIT:
+        raise ValueError("validate on training seeds only (below 1,000,000)")
+    if role == "classifier":
+        from cliprnn.config import MINI_PRESET
+        from cliprnn.mini_clip.evaluate import prompt_classification
+
+        out = prompt_classification(folder, seeds, MINI_PRESET["visual_prompts"])
+        return {"score": 100 * out["prompted_top1"], **out}
+    from cliprnn.assets import mini_model_paths
+    from cliprnn.bench.accuracy import run_accuracy_benchmark
+    from cliprnn.config import CaRConfig
+
+    config = CaRConfig.preset(
+        "mini",
+        proposal_model=str(folder),
+        classifier_model=str(mini_model_paths()[1]),
+        background_words=STUFF,
+        device="cpu",
+    )
+    report = run_accuracy_benchmark(seeds, config, variants=("oracle_queries",), resamples=200)
+    return {
+        "score": report["oracle_queries_miou"],
+        "oracle_queries_miou_ci": report["oracle_queries_miou_ci"],
+        "seconds": report["seconds"],
+    }
+
+
 def train(
     seed: int,
     minutes: float,
@@ -266,6 +372,11 @@ def train(
     checkpoint_minutes: float = 5.0,
     resume: bool = False,
     stop_at: int | None = None,
+    dtype: str = "auto",
+    compile_model: bool = False,
+    log_every: int = 50,
+    val_role: str | None = None,
+    val_seeds: range = VAL_SEEDS,
 ) -> CLIPModel:
     """Train for ``minutes`` of wall time (or ``max_steps``); checkpoint to ``out`` regularly.
 
@@ -277,6 +388,10 @@ def train(
     that checkpoint stopped (same schedule, optimizer state, next batches). The same code runs
     on CUDA (``device="cuda"``, bfloat16 autocast) with more data ``workers``. ``stop_at``
     stops at that step without changing the schedule (an interrupted run, for tests).
+    ``dtype``: autocast (``autocast_dtype``); ``compile_model``: ``torch.compile`` both towers.
+    With ``val_role`` set, each checkpoint is scored on ``val_seeds`` (``validate``); the best
+    one so far is copied to ``out/best`` (scores in ``out/val.jsonl``, the best in
+    ``out/best/val.json``).
     """
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -292,15 +407,8 @@ def train(
         model.vision_model.embeddings
     )
     tokens = TextCache(CLIPTokenizer.from_pretrained(tokenizer_dir))
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
-    step, seen, spent = 0, 0, 0.0
+    opt = make_optimizer(model, lr)
+    step, seen, spent, best = 0, 0, 0.0, -math.inf
     state_path = Path(init) / STATE_FILE if init is not None else None
     if resume:
         if state_path is None or not state_path.exists():
@@ -308,6 +416,7 @@ def train(
         state = torch.load(state_path, map_location=dev, weights_only=False)
         opt.load_state_dict(state["optimizer"])
         step, seen, spent = state["step"], state["seen"], state["seconds"]
+        best = state.get("best_score", best)
         max_steps = state["max_steps"] if max_steps is None else max_steps
         log(f"resumed at step {step} ({seen} pairs, {spent:.0f}s)")
     batches = torch.utils.data.DataLoader(
@@ -324,9 +433,15 @@ def train(
         prefetch_factor=4 if workers > 0 else None,
         pin_memory=dev.type == "cuda",
     )
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    amp = autocast_dtype(dtype, dev)
+    autocast = torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
+    if compile_model:
+        model.vision_model.compile()
+        model.text_model.compile()
 
     def checkpoint() -> None:
+        nonlocal best
+        at = time.time()
         folder = save_clip_folder(model, out / "checkpoint", tokenizer_dir, dtype=torch.float32)
         torch.save(
             {
@@ -336,10 +451,32 @@ def train(
                 "seconds": spent + time.time() - start,
                 "max_steps": max_steps,
                 "seed": seed,
+                "best_score": best,
             },
             folder / STATE_FILE,
         )
         log(f"checkpoint at step {step}")
+        if val_role is None:
+            return
+        model.eval()
+        with torch.no_grad():
+            scores = validate(folder, val_role, val_seeds)
+        model.train()
+        row = {"step": step, "seen": seen, "train_seconds": round(spent + at - start), **scores}
+        with open(out / "val.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if scores["score"] > best:
+            best = scores["score"]
+            shutil.copytree(folder, out / "best", dirs_exist_ok=True)
+            (out / "best" / STATE_FILE).unlink()
+            (out / "best" / "val.json").write_text(json.dumps(row, indent=2))
+            state = torch.load(folder / STATE_FILE, weights_only=False)
+            state["best_score"] = best
+            torch.save(state, folder / STATE_FILE)
+        log(
+            f"validation at step {step}: {scores['score']:.2f} (best {best:.2f}, "
+            f"{time.time() - at:.0f}s)"
+        )
 
     budget = minutes * 60.0
     start = last_ckpt = time.time()
@@ -354,25 +491,11 @@ def train(
         progress = step / max_steps if max_steps else elapsed / budget
         for g in opt.param_groups:
             g["lr"] = lr_at(progress, lr)
-        n = len(data["captions"])
-        ids, mask = tokens(data["captions"] + data["bank"])
-        with autocast:
-            imgs = image_embeddings(model, data["pixels"].to(dev, non_blocking=True), heads)
-            txt = text_embeddings(model, ids.to(dev), mask.to(dev))
-        captions, bank = txt[:n], txt[n:]
-        targets = data["targets"].to(dev)
-        scale = model.logit_scale.exp().clamp(max=100)
-        losses = {k: contrastive_loss(v, captions, data["keys"], scale) for k, v in imgs.items()}
-        losses.update({f"{k}_bank": bank_loss(v, bank, targets, scale) for k, v in imgs.items()})
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        if step % 50 == 0:
+        losses = train_step(model, opt, data, tokens, heads, autocast, dev)
+        if step % log_every == 0:
             parts = " ".join(f"{k}={v.item():.3f}" for k, v in losses.items())
+            loss = sum(losses.values())
+            scale = model.logit_scale.exp().clamp(max=100)
             log(
                 f"step {step} t={spent + elapsed:.0f}s seen={seen} "
                 f"loss={loss.item():.3f} {parts} scale={scale.item():.1f} "
@@ -408,6 +531,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     ap.add_argument("--workers", type=int, default=1, help="data worker processes")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", *DTYPES),
+        help=f"autocast dtype (auto: bfloat16 on CUDA, {CPU_DTYPE} on the CPU)",
+    )
+    ap.add_argument("--compile", action="store_true", help="torch.compile both towers")
+    ap.add_argument("--log-every", type=int, default=50, help="log the losses every N steps")
+    ap.add_argument(
+        "--val-seeds",
+        default=f"{VAL_SEEDS.start}:{VAL_SEEDS.stop}",
+        help="START:END training seeds scored at each checkpoint (best kept in OUT/best); "
+        "'none' to skip",
+    )
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     ap.add_argument("--width", type=int, default=64, help="width of both towers (x64 = heads)")
@@ -474,6 +611,13 @@ def main(argv: list[str] | None = None) -> None:
             workers=args.workers,
             checkpoint_minutes=args.checkpoint_minutes,
             resume=args.resume,
+            dtype=args.dtype,
+            compile_model=args.compile,
+            log_every=args.log_every,
+            val_role=None if args.val_seeds == "none" else args.role,
+            val_seeds=VAL_SEEDS
+            if args.val_seeds == "none"
+            else range(*(int(x) for x in args.val_seeds.split(":"))),
             **(
                 {"mix": "classifier", "heads": ("cls", "penultimate"), "hires_every": 0}
                 if args.role == "classifier"
