@@ -21,7 +21,7 @@ REFERENCE_DEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.M)
 HTML_ATTR = re.compile(r"""<(?:img|a|source)\b[^>]*?\b(?:src|href)\s*=\s*["']([^"']+)["']""", re.I)
 HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$", re.M)
 # Repository paths quoted in code spans: `tests/x.py::test_y`, `docs/images`, `pyproject.toml`.
-TOP_LEVEL = ("cliprnn/", "operators/", "tests/", "docs/", "scripts/", "requirements/", ".ci/")
+TOP_LEVEL = ("cliprnn/", "operators/", "tests/", "docs/", "scripts/", "requirements/", ".ci/", "js/")
 ROOT_FILES = {"pyproject.toml", "Makefile", "fiftyone.yml", "manifest.json", "requirements.txt",
               "LICENSE", "CITATION.cff", "README.md", "__init__.py"}  # fmt: skip
 # Text that refers to what a reader of the repository does not have.
