@@ -21,7 +21,16 @@ REFERENCE_DEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.M)
 HTML_ATTR = re.compile(r"""<(?:img|a|source)\b[^>]*?\b(?:src|href)\s*=\s*["']([^"']+)["']""", re.I)
 HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$", re.M)
 # Repository paths quoted in code spans: `tests/x.py::test_y`, `docs/images`, `pyproject.toml`.
-TOP_LEVEL = ("cliprnn/", "operators/", "tests/", "docs/", "scripts/", "requirements/", ".ci/", "js/")
+TOP_LEVEL = (
+    "cliprnn/",
+    "operators/",
+    "tests/",
+    "docs/",
+    "scripts/",
+    "requirements/",
+    ".ci/",
+    "js/",
+)
 ROOT_FILES = {"pyproject.toml", "Makefile", "fiftyone.yml", "manifest.json", "requirements.txt",
               "LICENSE", "CITATION.cff", "README.md", "__init__.py"}  # fmt: skip
 # Text that refers to what a reader of the repository does not have.
@@ -96,6 +105,34 @@ def test_relative_links_and_images_resolve_inside_the_repository(doc: Path) -> N
     assert not problems, f"{doc.relative_to(REPO_ROOT)}: " + "; ".join(problems)
 
 
+def _test_names() -> set[str]:
+    """Every test function and test module name under tests/."""
+    names = set()
+    for path in (REPO_ROOT / "tests").rglob("test_*.py"):
+        names.add(path.stem)
+        names.update(re.findall(r"^\s*(?:async )?def (test_\w+)", path.read_text(), re.M))
+    return names
+
+
+def _quoted_tests(text: str) -> list[str]:
+    return [
+        name
+        for m in CODE_SPAN.finditer(_prose(text))
+        for name in re.findall(r"\btest_\w+", m.group(2))
+    ]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=IDS)
+def test_quoted_test_names_exist(doc: Path) -> None:
+    known = _test_names()
+    missing = [
+        name
+        for name in _quoted_tests(doc.read_text(encoding="utf-8"))
+        if name not in known and not (name.endswith("_") and any(k.startswith(name) for k in known))
+    ]
+    assert not missing, f"{doc.relative_to(REPO_ROOT)} names tests that do not exist: {missing}"
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=IDS)
 def test_quoted_repository_paths_exist(doc: Path) -> None:
     missing = []
@@ -146,6 +183,8 @@ def test_the_checks_catch_what_they_should(tmp_path: Path) -> None:
                               "../../../etc/passwd"]  # fmt: skip
     assert _anchors(doc) == {"title", "a-code-heading-with-punctuation"}
     assert _quoted_paths(text) == ["tests/not_a_file.py"]
+    assert _quoted_tests(text) == ["test_x"]
+    assert "test_the_checks_catch_what_they_should" in _test_names()
     assert [bool(p.search(s)) for p, _ in OUTSIDE for s in ("see issue #12",)] == [
         False, False, True, False
     ]  # fmt: skip
