@@ -197,6 +197,25 @@ def test_prompted_pairs_are_drawn_by_the_inference_drawer() -> None:
     torch.testing.assert_close(batch["pixels"], to_pixels([p.image for p in pairs], 32))
 
 
+def test_a_stopped_run_leaves_a_checkpoint_to_resume(tmp_path: Path) -> None:
+    from cliprnn.mini_clip.train import STATE_FILE, STOP, train
+
+    tiny = dict(width=64, vision_layers=1, text_layers=1, image_size=32, projection_dim=32)
+
+    def log(line: str) -> None:  # what SIGTERM does under the CLI, during step 0
+        if line.startswith("step 0"):
+            STOP.set()
+
+    try:
+        train(0, 60.0, tmp_path, tokenizer_dir(), batch=4, lr=1e-3, max_steps=50,
+              model_kwargs=tiny, log=log, workers=0, log_every=1,
+              checkpoint_minutes=1000.0)  # fmt: skip
+    finally:
+        STOP.clear()
+    state = torch.load(tmp_path / "checkpoint" / STATE_FILE, weights_only=False)
+    assert state["step"] == 1 and state["max_steps"] == 50
+
+
 def test_cpu_autocast_dtype_trains_and_validation_keeps_the_best(tmp_path: Path) -> None:
     from cliprnn.mini_clip.train import STATE_FILE, autocast_dtype, train, validate
 

@@ -17,6 +17,8 @@ import argparse
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -252,6 +254,9 @@ def pick_device(name: str) -> torch.device:
 
 STATE_FILE = "train_state.pt"
 
+#: Set by SIGTERM under the CLI: the loop stops after its current step and checkpoints.
+STOP = threading.Event()
+
 
 def make_optimizer(model: CLIPModel, lr: float) -> torch.optim.AdamW:
     """AdamW (CLIP's betas and eps); no weight decay on embeddings, biases and norms."""
@@ -383,7 +388,8 @@ def train(
     Each image embedding in ``heads`` gets two contrastive losses: InfoNCE against the batch's
     captions (pairs with equal keys are positives) and cross-entropy against the whole
     vocabulary. ``out/checkpoint`` (fp32 weights plus ``train_state.pt``: optimizer, step) is
-    rewritten every ``checkpoint_minutes``. ``init`` starts from a saved model (a fresh
+    rewritten every ``checkpoint_minutes`` and when the run stops (``STOP``, set by SIGTERM
+    under the CLI, stops it after the current step). ``init`` starts from a saved model (a fresh
     schedule); with ``resume`` and a checkpoint folder as ``init``, the run continues where
     that checkpoint stopped (same schedule, optimizer state, next batches). The same code runs
     on CUDA (``device="cuda"``, bfloat16 autocast) with more data ``workers``. ``stop_at``
@@ -480,11 +486,12 @@ def train(
 
     budget = minutes * 60.0
     start = last_ckpt = time.time()
+    ckpt_step = step
     for data in batches:
         elapsed = time.time() - start
         if elapsed >= budget or (max_steps is not None and step >= max_steps):
             break
-        if stop_at is not None and step >= stop_at:
+        if (stop_at is not None and step >= stop_at) or STOP.is_set():
             break
         seen += len(data["keys"])
         # a step budget makes the schedule (and so the run) independent of machine speed
@@ -504,7 +511,11 @@ def train(
         step += 1
         if time.time() - last_ckpt > 60.0 * checkpoint_minutes:
             checkpoint()
-            last_ckpt = time.time()
+            last_ckpt, ckpt_step = time.time(), step
+    if STOP.is_set():
+        log(f"stopped by a signal at step {step}")
+    if step > ckpt_step:  # the time budget or a signal ended the run: keep it resumable
+        checkpoint()
     total = spent + time.time() - start
     log(f"done: {step} steps, {seen} pairs, {total:.0f}s")
     stats = {"steps": step, "pairs": seen, "train_seconds": round(total, 1)}
@@ -576,6 +587,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    # `kill PID` (or the end of a session) stops after the current step, with a checkpoint
+    signal.signal(signal.SIGTERM, lambda *_: STOP.set())
     with open(args.out / "train.log", "a", buffering=1) as logf:
 
         def log(msg: str) -> None:
