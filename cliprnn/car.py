@@ -231,7 +231,7 @@ class CaR:
                 for ex in exemplars.values():
                     ex.key()  # unreadable exemplars fail before the image is read
         with timed(timings, "decode"):
-            full = load_image(image)
+            full = load_image(image, self.config.max_image_pixels)
         height, width = full.shape[:2]
         small_hw = inference_size(height, width, self.config.max_image_side)
         work = full if small_hw == (height, width) else resize_image(full, small_hw)

@@ -1,6 +1,6 @@
 """Command line: `python -m cliprnn <command>`.
 
-Commands: segment, convert, presets, bench-speed, bench-accuracy.
+Commands: segment, convert, presets, bench-speed, bench-accuracy, bench-memory.
 """
 
 from __future__ import annotations
@@ -168,6 +168,14 @@ def _cmd_bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_memory(args: argparse.Namespace) -> int:
+    from cliprnn.bench.memory import format_table, run_memory_benchmark
+
+    rows = run_memory_benchmark(config=args.config)
+    print(json.dumps(rows) if args.json else format_table(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `python -m cliprnn`."""
     parser = argparse.ArgumentParser(prog="python -m cliprnn", description=__doc__)
@@ -255,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spd.add_argument("--json", action="store_true")
     spd.set_defaults(func=_cmd_bench_speed)
+
+    mem = sub.add_parser(
+        "bench-memory",
+        help="peak RSS of a FiftyOne run on images at the pixel budget, alone and in a batch",
+    )
+    mem.add_argument("--config", default="mini", help="preset (its max_image_pixels)")
+    mem.add_argument("--json", action="store_true")
+    mem.set_defaults(func=_cmd_bench_memory)
     return parser
 
 

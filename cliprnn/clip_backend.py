@@ -85,6 +85,46 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
+#: Largest dimensions a model folder's config.json may declare (ViT-bigG/14 fits), and the
+#: most parameters they may add up to: checked before any weight is allocated.
+MODEL_LIMITS = {
+    "hidden_size": 4096,
+    "intermediate_size": 16384,
+    "num_hidden_layers": 64,
+    "num_attention_heads": 64,
+    "image_size": 1024,
+    "max_position_embeddings": 1024,
+    "vocab_size": 1_000_000,
+}
+MAX_MODEL_PARAMETERS = 3_000_000_000
+
+
+def _check_model_size(config: dict[str, Any], what: str) -> None:
+    """ModelLoadError when a CLIP config declares dimensions past MODEL_LIMITS (a corrupt or
+    hostile config.json would otherwise allocate until memory runs out)."""
+    total = 0
+    for tower in ("text_config", "vision_config"):
+        sub = config.get(tower) or {}
+        for key, limit in MODEL_LIMITS.items():
+            value = sub.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+                raise ModelLoadError(
+                    f"{what}: {tower}.{key} = {value!r} is outside 1..{limit}; the config.json "
+                    "is corrupt or not a CLIP this library can load"
+                )
+        width = int(sub.get("hidden_size", 768))
+        inner = int(sub.get("intermediate_size", 4 * width))
+        total += int(sub.get("num_hidden_layers", 12)) * (4 * width * width + 2 * width * inner)
+        total += int(sub.get("vocab_size", 0)) * width
+    if total > MAX_MODEL_PARAMETERS:
+        raise ModelLoadError(
+            f"{what}: its config.json declares about {total / 1e9:.1f} billion parameters, over "
+            f"the limit of {MAX_MODEL_PARAMETERS / 1e9:g} billion; it is corrupt or too large"
+        )
+
+
 def _looks_like_path(name: str) -> bool:
     return (
         os.path.isabs(name)
@@ -281,6 +321,7 @@ class ClipBackend:
                     f"{role} CLIP model {name!r}: {path} holds a {model_type!r} model, not a "
                     f"CLIP checkpoint (model_type 'clip'). {hint}"
                 )
+            _check_model_size(json.loads(config_file.read_text()), f"{role} CLIP model {name!r}")
             return str(path), path
         if _looks_like_path(name):
             raise ModelLoadError(

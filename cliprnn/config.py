@@ -161,6 +161,10 @@ class CaRConfig:
     # Input policy: images whose longer side exceeds this are resized for inference; masks
     # are returned at the input's full resolution. None disables the cap.
     max_image_side: int | None = 1024
+    # Pixel budget per input image (width × height), checked from the file's header before it
+    # is decoded: a larger image is refused with an ImageError naming it. It bounds a run's
+    # memory (the masks are written at full resolution); None disables it.
+    max_image_pixels: int | None = 40_000_000
     classifier_crop: str = "center"  # "center" (reference) or "pad" (pad to square)
 
     # Runtime.
@@ -235,6 +239,12 @@ class CaRConfig:
             not isinstance(self.max_image_side, int) or self.max_image_side < 32
         ):
             raise ConfigError("max_image_side must be None or an integer >= 32")
+        budget = self.max_image_pixels
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                                   or budget < 1024):  # fmt: skip
+            raise ConfigError(
+                f"max_image_pixels must be None or an integer >= 1024, got {budget!r}"
+            )
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         workers = self.crf_workers

@@ -16,26 +16,38 @@ ImageLike = str | os.PathLike | Image.Image | np.ndarray
 _EXIF_ORIENTATION = 0x0112
 
 
-def load_image(image: ImageLike) -> np.ndarray:
+def load_image(image: ImageLike, max_pixels: int | None = None) -> np.ndarray:
     """The image as a C-contiguous RGB uint8 array [H, W, 3].
 
     Accepts a file path, a PIL image (EXIF orientation applied; any mode: 1, L, LA, P, RGB,
     RGBA, CMYK, YCbCr, I;16, I, F, ...) or an array (H×W, H×W×1, H×W×3, H×W×4 — alpha is
     dropped — of uint8, uint16, bool or floats in [0, 1]). Raises ImageError naming the input
-    when it is missing, empty, truncated, not an image, or has no pixels.
+    when it is missing, empty, truncated, not an image, has no pixels, or has more than
+    ``max_pixels`` pixels (checked before a file is decoded).
     """
     if isinstance(image, np.ndarray):
+        _check_budget(image.shape[1] if image.ndim > 1 else 1, image.shape[0], max_pixels, "array")
         return _from_array(image, "array")
     if isinstance(image, Image.Image):
+        _check_budget(image.width, image.height, max_pixels, "PIL image")
         return _from_pil(image, "PIL image")
     if isinstance(image, (str, os.PathLike)):
-        return _from_path(Path(image))
+        return _from_path(Path(image), max_pixels)
     raise ImageError(
         f"image must be a path, a PIL image or a numpy array, got {type(image).__name__}"
     )
 
 
-def _from_path(path: Path) -> np.ndarray:
+def _check_budget(width: int, height: int, max_pixels: int | None, name: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"image {name} is {width}×{height} = {width * height / 1e6:.1f} Mpx, over the "
+            f"pixel budget of {max_pixels / 1e6:g} Mpx (CaRConfig.max_image_pixels); downscale "
+            "it, or raise the budget if the machine has the memory"
+        )
+
+
+def _from_path(path: Path, max_pixels: int | None = None) -> np.ndarray:
     if not path.exists():
         raise ImageError(f"image file not found: {path}")
     if not path.is_file():
@@ -43,7 +55,8 @@ def _from_path(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageError(f"image file is empty (0 bytes): {path}")
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            _check_budget(im.width, im.height, max_pixels, str(path))
             return _from_pil(im, str(path))
     except UnidentifiedImageError as exc:
         raise ImageError(f"not an image file (format not recognised): {path}") from exc

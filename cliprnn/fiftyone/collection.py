@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -379,7 +380,8 @@ class SegmentationRun:
             return n
 
         items = zip(self.ids, self.paths, strict=True)
-        loaded = prefetch(items, _load, workers=self.num_workers, ahead=self.prefetch_ahead)
+        load = functools.partial(_load, max_pixels=self.config.max_image_pixels)
+        loaded = prefetch(items, load, workers=self.num_workers, ahead=self.prefetch_ahead)
         stream = segment_stream(self.car, loaded, self._queries_for, post=self._labels_of)
         with contextlib.closing(loaded), contextlib.closing(stream):
             try:
@@ -694,8 +696,8 @@ def _is_bundled_elsewhere(path: str, role: str) -> bool:
     return p.is_absolute() and p.parts[-3:] == ("assets", "mini_clip", role) and not p.exists()
 
 
-def _load(item: tuple[str, str]) -> Any:
-    return load_image(item[1])
+def _load(item: tuple[str, str], max_pixels: int | None = None) -> Any:
+    return load_image(item[1], max_pixels)
 
 
 def _check_collection(coll: fo.core.collections.SampleCollection) -> None:

@@ -30,6 +30,16 @@ def instances_from_mask(
 
     if instances not in INSTANCE_MODES:
         raise ConfigError(f"instances must be one of {list(INSTANCE_MODES)}, got {instances!r}")
+    h, w = mask.shape[:2]
+    if h < 2 or w < 2:  # FiftyOne's conversion squeezes a 1-pixel side away: pad, then rescale
+        padded = np.zeros((max(h, 2), max(w, 2)), mask.dtype)
+        padded[:h, :w] = mask
+        dets = instances_from_mask(padded, mask_targets, scores, instances)
+        sx, sy = padded.shape[1] / w, padded.shape[0] / h
+        for det in dets.detections:
+            x, y, bw, bh = det.bounding_box
+            det.bounding_box = [x * sx, y * sy, bw * sx, bh * sy]
+        return dets
     kind = "thing" if instances == "region" else "stuff"
     targets = {int(v): n for v, n in mask_targets.items() if int(v) != 0}
     dets = fo.Segmentation(mask=mask).to_detections(mask_targets=targets, mask_types=kind)

@@ -1,0 +1,134 @@
+"""An operation changes only what it targets: subset overwrites keep the field's classes, runs
+decide under the field's lock, and check_field finds every sample whose labels disagree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cliprnn.errors import ConfigError
+from cliprnn.fiftyone import SegmentationRun, segment_collection
+from cliprnn.fiftyone.check import check_field
+
+pytestmark = [pytest.mark.fiftyone]
+
+FIRST = ["red circle", "blue square", "green triangle", "yellow star", "purple cross"]
+SECOND = ["orange diamond", "blue square", "cyan ring"]
+OUTPUTS = ["segmentation", "detections"]
+
+
+def meanings(ds, field: str) -> dict[str, dict[str, int]]:
+    """Per sample: class name -> pixel count of its semantic mask, read through mask_targets
+    (what the user sees when hovering)."""
+    targets = {int(v): n for v, n in ds.mask_targets[field].items()}
+    out = {}
+    for sid, seg in zip(*ds.values(["id", field]), strict=True):
+        if seg is None:
+            continue
+        values, counts = np.unique(seg.get_mask(), return_counts=True)
+        out[sid] = {targets.get(int(v), f"?{v}"): int(c) for v, c in zip(values, counts) if v}
+    return out
+
+
+def run(coll, queries, tiny_config, **kw):
+    return segment_collection(
+        coll, queries, label_field="car", config=tiny_config, outputs=OUTPUTS, progress=False, **kw
+    )
+
+
+def test_overwrite_on_one_sample_keeps_every_other_sample_meaning(make_dataset, tiny_config):
+    ds = make_dataset(4)
+    run(ds, FIRST, tiny_config)
+    before = meanings(ds, "car")
+    old_targets = dict(ds.mask_targets["car"])
+    target = ds.first().id
+
+    run(ds.select(target), SECOND, tiny_config, overwrite=True)
+
+    ds.reload()
+    after = meanings(ds, "car")
+    for sid, classes in before.items():
+        if sid != target:
+            assert after[sid] == classes, sid
+    targets = ds.mask_targets["car"]
+    for value, name in old_targets.items():  # old classes keep their values
+        assert targets[value] == name
+    assert set(targets.values()) == set(FIRST) | set(SECOND)
+    assert set(after.get(target, {})) <= set(SECOND)
+    assert set(ds.classes["car_det"]) == set(FIRST) | set(SECOND)
+    report = check_field(ds, "car")
+    assert report.ok, report.summary()
+    assert report.checked == 4
+
+
+def test_overwrite_of_every_sample_replaces_the_classes(make_dataset, tiny_config):
+    ds = make_dataset(2)
+    run(ds, FIRST, tiny_config)
+    run(ds, SECOND, tiny_config, overwrite=True)
+    ds.reload()
+    assert sorted(ds.mask_targets["car"].values()) == sorted(SECOND)
+    assert check_field(ds, "car").ok
+
+
+def test_a_run_planned_before_another_wrote_the_field_refuses_to_overwrite_it(
+    make_dataset, tiny_config
+):
+    ds = make_dataset(3)
+    late = SegmentationRun(ds, FIRST, label_field="car", config=tiny_config, load_model=False)
+    run(ds, SECOND, tiny_config)  # written between the late run's checks and its lock
+    written = meanings(ds, "car")
+    with pytest.raises(ConfigError, match="already exists"):
+        list(late)
+    ds.reload()
+    assert meanings(ds, "car") == written
+
+
+def test_a_run_planned_before_another_filled_a_disjoint_subset_keeps_its_classes(
+    make_dataset, tiny_config
+):
+    ds = make_dataset(4)
+    ids = ds.values("id")
+    late = SegmentationRun(
+        ds.select(ids[:2]),
+        FIRST,
+        label_field="car",
+        config=tiny_config,
+        outputs=OUTPUTS,
+        skip_existing=True,
+    )
+    run(ds.select(ids[2:]), SECOND, tiny_config)
+    other = meanings(ds, "car")
+    late.run(progress=False)
+    ds.reload()
+    after = meanings(ds, "car")
+    for sid in ids[2:]:
+        assert after[sid] == other[sid]
+    assert set(ds.mask_targets["car"].values()) == set(FIRST) | set(SECOND)
+    assert check_field(ds, "car").ok
+
+
+def test_check_field_reports_each_kind_of_broken_sample(make_dataset, tiny_config):
+    import fiftyone as fo
+
+    ds = make_dataset(4)
+    run(ds, FIRST, tiny_config)
+    samples = list(ds)
+    assert check_field(ds, "car").ok
+    # (a) a mask value that no class names
+    mask = samples[0]["car"].get_mask().copy()
+    mask[0, 0] = 200
+    samples[0]["car"] = fo.Segmentation(mask=mask)
+    samples[0].save()
+    # (a) an instance whose value is not its class's
+    det = samples[1]["car_det"].detections[0]
+    det["value"] = int(det["value"]) + 1
+    samples[1].save()
+    # (b) instances and semantic mask disagree (an unapplied stroke)
+    samples[2]["car_det"].detections = samples[2]["car_det"].detections[1:]
+    samples[2].save()
+    report = check_field(ds, "car")
+    assert set(report.broken) == {s.id for s in samples[:3]}
+    assert "not classes of the field" in " ".join(report.broken[samples[0].id])
+    assert "value" in " ".join(report.broken[samples[1].id])
+    assert "disagree" in " ".join(report.broken[samples[2].id])
+    assert samples[0].id in report.summary()
