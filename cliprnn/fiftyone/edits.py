@@ -2,8 +2,8 @@
 instances from it, and rename, merge or delete classes of a segmentation field (masks,
 instances, scores and mask_targets together).
 
-Each operation records, on the ``Segmentation`` of a sample it rewrites, fingerprints of the
-instance labels it replaced (``superseded``); a later fold-back refuses a sample whose
+Each operation records fingerprints of the instance labels it replaced, per sample (a
+collection of their own, :class:`Superseded`); a later fold-back refuses a sample whose
 instances hold one of them again, as happens when an App page that still showed the old labels
 saves them back."""
 
@@ -46,9 +46,9 @@ def _frame_size(sample: fo.Sample, seg: fo.Segmentation | None) -> tuple[int, in
     return sample.metadata.height, sample.metadata.width
 
 
-#: Attribute of a field's ``Segmentation`` listing fingerprints of instance labels that a
-#: fold-back, rebuild or class edit replaced (see :func:`label_fingerprint`).
-SUPERSEDED = "superseded"
+#: MongoDB collection of the fingerprints of instance labels that a fold-back, rebuild or
+#: class edit replaced, one document per (dataset, field, sample): out of the App's sight.
+SUPERSEDED_COLLECTION = "cliprnn_superseded"
 #: Fingerprints kept per sample (oldest dropped first).
 MAX_SUPERSEDED = 512
 #: How many sample ids a refusal names.
@@ -73,17 +73,79 @@ def relabel_fingerprint(det: fo.Detection) -> str:
     return f"{det.id}:{det.label}:*"
 
 
-def _superseded(seg: fo.Segmentation | None) -> list[str]:
-    if seg is None or not seg.has_field(SUPERSEDED):
-        return []
-    return [s for s in seg[SUPERSEDED] or [] if isinstance(s, str)]
+class Superseded:
+    """The fingerprints of replaced instance labels of one field, per sample (see
+    :func:`label_fingerprint`): read once per operation, written in batches."""
 
+    _indexed = False
 
-def _record(seg: fo.Segmentation, prints: Iterable[str]) -> None:
-    """Add ``prints`` to the labels ``seg`` remembers as replaced."""
-    prints = list(prints)
-    if prints:
-        seg[SUPERSEDED] = list(dict.fromkeys(_superseded(seg) + prints))[-MAX_SUPERSEDED:]
+    def __init__(self, dataset: fo.Dataset, label_field: str) -> None:
+        from fiftyone.core.odm.database import get_db_conn
+
+        self._coll = get_db_conn()[SUPERSEDED_COLLECTION]
+        if not Superseded._indexed:
+            self._coll.create_index([("dataset", 1), ("field", 1)])
+            Superseded._indexed = True
+        self._dataset = str(dataset._doc.id)
+        self._field = label_field
+        self._add: dict[str, list[str]] = {}
+        self._drop: dict[str, set[str]] = {}
+        self._seen: dict[str, set[str]] | None = None
+
+    def _key(self, sample_id: str) -> str:
+        return f"{self._dataset}/{self._field}/{sample_id}"
+
+    def of(self, sample_id: str) -> set[str]:
+        """The fingerprints recorded for ``sample_id``."""
+        if self._seen is None:
+            query = {"dataset": self._dataset, "field": self._field}
+            docs = self._coll.find(query, {"sample": 1, "prints": 1})
+            self._seen = {d["sample"]: set(d.get("prints") or []) for d in docs}
+        return self._seen.get(sample_id, set())
+
+    def add(self, sample_id: str, prints: Iterable[str]) -> None:
+        """Record ``prints`` as replaced on ``sample_id`` (written by :meth:`flush`)."""
+        self._add.setdefault(sample_id, []).extend(prints)
+
+    def drop(self, sample_id: str, prints: Iterable[str]) -> None:
+        """Forget ``prints`` of ``sample_id`` (labels that are current again)."""
+        recorded = self.of(sample_id) & set(prints)
+        if recorded:
+            self._drop.setdefault(sample_id, set()).update(recorded)
+
+    def flush(self) -> None:
+        """Write what was added or dropped since the last flush."""
+        from pymongo import UpdateOne
+
+        ops = []
+        for sid, prints in self._add.items():
+            if prints:
+                ops.append(
+                    UpdateOne(
+                        {"_id": self._key(sid)},
+                        {
+                            "$setOnInsert": {
+                                "dataset": self._dataset,
+                                "field": self._field,
+                                "sample": sid,
+                            },
+                            "$push": {"prints": {"$each": prints, "$slice": -MAX_SUPERSEDED}},
+                        },
+                        upsert=True,
+                    )
+                )
+        for sid, prints in self._drop.items():
+            ops.append(
+                UpdateOne({"_id": self._key(sid)}, {"$pull": {"prints": {"$in": list(prints)}}})
+            )
+        if ops:
+            self._coll.bulk_write(ops, ordered=True)
+        if self._seen is not None:
+            for sid, prints in self._add.items():
+                self._seen.setdefault(sid, set()).update(prints)
+            for sid, prints in self._drop.items():
+                self._seen.get(sid, set()).difference_update(prints)
+        self._add, self._drop = {}, {}
 
 
 def _stale_labels(dets: list[fo.Detection], claims: list[np.ndarray], seen: set[str]) -> list:
@@ -161,14 +223,15 @@ def _unknown_classes(
     label_field: str,
     names: list[str],
     known: set[str],
+    replaced: Superseded,
 ) -> None:
     unknown = [n for n in names if n not in known]
     if not unknown:
         return
     odd = view.filter_labels(det_field, F("label").is_in(unknown))
     ids = []
-    for sample in odd.select_fields([det_field, label_field]).iter_samples():
-        seen = set(_superseded(sample[label_field]))
+    for sample in odd.select_fields(det_field).iter_samples():
+        seen = replaced.of(sample.id)
         dets = [d for d in sample[det_field].detections if d.label in unknown]
         if any(relabel_fingerprint(d) not in seen for d in dets):
             ids.append(sample.id)  # not an old copy of a relabelled instance: a real unknown
@@ -226,10 +289,11 @@ def apply_mask_edits(
     if has_seg:
         present = present | (F(label_field) != None)  # noqa: E711
     view = sample_collection.match(present).select_fields(fields)
+    replaced = Superseded(ds, label_field)
     names = [n for n in view.distinct(f"{det_field}.detections.label") if isinstance(n, str)]
     allowed = set(existing.values()) | set(schema_classes(ds, det_field))
     if not allow_new_classes:
-        _unknown_classes(view, det_field, label_field, names, allowed)
+        _unknown_classes(view, det_field, label_field, names, allowed, replaced)
         names = [n for n in names if n in allowed]
     values = assign_values(list(existing.values()) + names, None, existing)
     targets = {v: n for n, v in values.items()}
@@ -247,7 +311,7 @@ def apply_mask_edits(
         previous = old.get_mask() if old is not None else None
         dets = list(labels.detections)
         hw = _frame_size(sample, old)
-        seen = set(_superseded(old))
+        seen = replaced.of(sample.id)
         if seen:
             claims = [instance_pixels(d, hw) for d in dets]
             stale = _stale_labels(dets, claims, seen)
@@ -272,19 +336,19 @@ def apply_mask_edits(
             else:
                 out.unchanged += 1
             continue
-        replaced = [label_fingerprint(dets[i], rendered.claims[i]) for i in changed]
+        superseded = [label_fingerprint(dets[i], rendered.claims[i]) for i in changed]
         settled, trimmed = settle_instances(dets, rendered)
         out.trimmed += trimmed
         if trimmed:
             labels.detections = settled
-        seg = _edited_segmentation(old, rendered.mask, labels_of(settled), values)
-        _record(seg, replaced)
-        sample[label_field] = seg
+        replaced.add(sample.id, superseded)
+        sample[label_field] = _edited_segmentation(old, rendered.mask, labels_of(settled), values)
         out.updated += 1
         out.updated_ids.append(sample.id)
     if out.new_classes:
         set_schema_classes(ds, det_field, [*schema_classes(ds, det_field), *out.new_classes])
     match_colors(ds, targets, label_field, det_field)
+    replaced.flush()
     note_mask_edits(ds, label_field, det_field, out.updated, out.new_classes)
     return out
 
@@ -299,7 +363,7 @@ def _edited_segmentation(
 ) -> fo.Segmentation:
     attrs: dict[str, Any] = {}
     if old is not None:
-        attrs = {k: old[k] for k in ("steps", SUPERSEDED, CLASS_EDIT) if old.has_field(k)}
+        attrs = {k: old[k] for k in ("steps", CLASS_EDIT) if old.has_field(k)}
     attrs["kept"] = [n for n in values if n in present]
     attrs["edited"] = True
     if old is not None and old.mask_path:
@@ -402,6 +466,7 @@ def rebuild_instances(
     fields = [label_field, det_field] + ([scores_field] if has_scores else [])
     view = sample_collection.exists(label_field).select_fields(fields)
     out = Rebuild(discarded=edited)
+    replaced = Superseded(ds, label_field)
     for sample in view.iter_samples(autosave=True, batch_size=BATCH_SIZE, progress=progress):
         seg = sample[label_field]
         mask = seg.get_mask()
@@ -410,11 +475,13 @@ def rebuild_instances(
         old = sample[det_field]
         if old is not None and old.detections:
             hw = mask.shape[:2]
-            _record(seg, [label_fingerprint(d, hw=hw) for d in old.detections])
-            sample[label_field] = seg
+            replaced.add(sample.id, [label_fingerprint(d, hw=hw) for d in old.detections])
         sample[det_field] = instances_from_mask(mask, targets, scores, instances)
         out.updated += 1
         out.updated_ids.append(sample.id)
+        if len(out.updated_ids) % BATCH_SIZE == 0:
+            replaced.flush()
+    replaced.flush()
     make_editable(ds, det_field, list(targets.values()))
     match_colors(ds, targets, label_field, det_field)
     return out
@@ -571,6 +638,8 @@ def _run_class_edit(
         f for f, has in ((det_field, has_det), (scores_field, has_scores)) if has
     ]
     view = ds.exists(label_field).select_fields(fields)
+    replaced = Superseded(ds, label_field)
+    done = 0
     for sample in view.iter_samples(autosave=True, batch_size=BATCH_SIZE, progress=progress):
         seg = sample[label_field]
         if seg.has_field(CLASS_EDIT) and seg[CLASS_EDIT] == job["id"]:
@@ -589,10 +658,8 @@ def _run_class_edit(
             for det in dets:
                 if det.label in by_name:
                     det["value"] = int(by_name[det.label])
-            now = {relabel_fingerprint(d) for d in dets}
-            _record(seg, old)
-            if now & set(_superseded(seg)):  # a name given back (a swap undone) is current
-                seg[SUPERSEDED] = [p for p in _superseded(seg) if p not in now]
+            replaced.add(sample.id, old)
+            replaced.drop(sample.id, [relabel_fingerprint(d) for d in dets])  # current again
             sample[det_field].detections = dets
         if has_scores and sample[scores_field] is not None:  # what was queried: deleted stay
             listed = sample[scores_field]
@@ -600,7 +667,11 @@ def _run_class_edit(
             listed.classifications = _once_each(relabelled)
         seg[CLASS_EDIT] = job["id"]
         sample[label_field] = seg
+        done += 1
+        if done % BATCH_SIZE == 0:
+            replaced.flush()
         _kill_point("class_edit_sample")
+    replaced.flush()
     pending = {k: v for k, v in (ds.info.get(PENDING) or {}).items() if k != label_field}
     ds.mask_targets = {**ds.mask_targets, label_field: dict(sorted(new_targets.items()))}
     if has_det and det_field in ds.classes:

@@ -384,6 +384,8 @@ def test_a_stale_copy_written_back_after_a_trim_is_refused(labelled) -> None:
     out = apply_mask_edits(labelled, "car")
     assert out.trimmed == 1 and out.updated_ids == [sid]
     folded = _mask(labelled, sid)
+    seg = labelled[sid]["car"]  # the fingerprints are kept out of the App's sight
+    assert set(seg.to_dict()) <= {"_id", "_cls", "tags", "mask", "kept", "edited"}
     # a page still showing the untrimmed sky saves it back, with a new stroke on the cat
     cat = next(d for d in stale.detections if d.label == "cat")
     pixels = instance_pixels(cat, (48, 64))
