@@ -11,7 +11,8 @@
  * so the Annotate tab starts again from the stored labels. Nothing needs reloading.
  *
  * Hand-written UMD-style script: it uses only the globals the App exposes to plugins
- * (`__foo__` operators, `__fos__` state, `__fou__` utilities); no build step.
+ * (`__foo__` operators, `__fos__` state, `__fou__` utilities); no build step. In an App
+ * without those state hooks it reloads the page instead, the one other way to drop the copies.
  */
 (function () {
   "use strict";
@@ -24,6 +25,17 @@
     console.error(PLUGIN + ": the App does not expose __foo__/__fos__; refresh_samples unavailable");
     return;
   }
+
+  /** Whether this App offers what a refresh without a page reload needs. */
+  var FINE = !!(
+    fos.useRefreshSample &&
+    fos.useSetExpandedSample &&
+    fos.useClearModal &&
+    fos.getCurrentEnvironment &&
+    fos.datasetName &&
+    fos.view &&
+    fos.modalSelector
+  );
 
   var QUERY =
     "query CliprnnRefreshSample($dataset: String!, $view: BSONArray!, $filter: SampleFilter!) {\n" +
@@ -87,6 +99,8 @@
     }
 
     useHooks() {
+      // present in every page of one App version, so the hooks run in the same order
+      if (!FINE) return {};
       return {
         refreshSample: fos.useRefreshSample(),
         setExpanded: fos.useSetExpandedSample(),
@@ -97,6 +111,11 @@
     async execute(ctx) {
       var params = ctx.params || {};
       var hooks = ctx.hooks;
+      if (!FINE) {
+        // an App without these hooks: a page reload is the only way to drop its copies
+        window.location.reload();
+        return { refreshed: [], failed: [], reloaded: true };
+      }
       var state = ctx.state;
       var ids = heldIds(Array.isArray(params.ids) ? params.ids : null);
       var datasetName = await state.snapshot.getPromise(fos.datasetName);
