@@ -168,17 +168,26 @@ class ScheduledRuns(foo.Operator):
         ended = take_finished(ctx.dataset)
         if not ended:
             return {"ended": []}
-        lines = [
-            f"Scheduled run into '{e['field']}' "
-            + (f"finished: {e['message']}" if e["ok"] else f"failed: {e['message']}")
-            for e in ended
-        ]
+        lines = [f"Scheduled run into '{e['field']}' {_how(e)}" for e in ended]
         failed = any(not e["ok"] for e in ended)
         ctx.ops.notify("\n".join(lines), variant="error" if failed else "success")
-        shown = [f for e in ended if e["ok"] for f in _shown_fields(ctx.dataset, e["field"])]
+        done = [e for e in ended if e["ok"] and not e.get("planned")]
+        shown = [f for e in done for f in _shown_fields(ctx.dataset, e["field"])]
         if shown:
             refresh_app(ctx, shown)  # builds (and so triggers) the messages
         return {"ended": ended}
+
+
+def _how(ended: dict[str, Any]) -> str:
+    """How a scheduled run ended, in words."""
+    if not ended["ok"]:
+        return f"failed: {ended['message']}"
+    if ended.get("planned"):
+        return (
+            f"was split into jobs: {ended['message']}. 'Resume a sharded segment run' shows "
+            "their progress"
+        )
+    return f"finished: {ended['message']}"
 
 
 def _shown_fields(dataset: Any, field: str) -> list[str]:

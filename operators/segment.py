@@ -200,7 +200,7 @@ class Segment(foo.Operator):
                 scheduled.finish(ctx.dataset, field, token, False, f"{type(e).__name__}: {e}")
             raise
         if token:
-            scheduled.finish(ctx.dataset, field, token, True, message)
+            scheduled.finish(ctx.dataset, field, token, True, message, planned=shards > 1)
 
     def __call__(
         self,

@@ -157,9 +157,12 @@ def claim(dataset: Any, field: str, token: str) -> None:
         )
 
 
-def finish(dataset: Any, field: str, token: str, ok: bool, message: str) -> None:
+def finish(
+    dataset: Any, field: str, token: str, ok: bool, message: str, planned: bool = False
+) -> None:
     """Called by the worker as the run ends: free the field and keep how the run ended
-    (``message``) for the App to announce."""
+    (``message``) for the App to announce. ``planned``: the run was a sharded run's planning
+    job (its jobs, queued now, hold the field with the run's own lock)."""
     _coll().update_one(
         {"_id": _key(str(dataset._doc.id), field), "token": token},
         {
@@ -167,6 +170,7 @@ def finish(dataset: Any, field: str, token: str, ok: bool, message: str) -> None
                 "state": COMPLETED if ok else FAILED,
                 "finished": _now(),
                 "message": message,
+                "planned": planned,
                 "announced": False,
             }
         },
@@ -203,7 +207,8 @@ def scheduled_runs(dataset: Any) -> list[dict[str, Any]]:
 
 def take_finished(dataset: Any) -> list[dict[str, Any]]:
     """The dataset's scheduled runs that ended since the last call (each is returned once,
-    even to several Apps): ``field``, ``ok`` and ``message``. A run whose operation failed
+    even to several Apps): ``field``, ``ok``, ``message`` and ``planned`` (a sharded run's
+    planning job, whose jobs may still run). A run whose operation failed
     before the run could say so (a worker-side error, a deleted or killed operation) is
     reported with the operation's error."""
     coll = _coll()
@@ -233,4 +238,7 @@ def take_finished(dataset: Any) -> list[dict[str, Any]]:
         )
         if d is None:
             return out
-        out.append(dict(field=d["field"], ok=d["state"] == COMPLETED, message=d.get("message")))
+        ok = d["state"] == COMPLETED
+        out.append(
+            dict(field=d["field"], ok=ok, message=d.get("message"), planned=bool(d.get("planned")))
+        )

@@ -63,8 +63,9 @@ def _worker_env(plugins_dir: Path) -> dict:
     return {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins_dir), "PYTHONPATH": path}
 
 
-def _run_worker_until_done(plugins_dir: Path, op_ids: list, timeout: float = 300) -> str:
-    """Start one `fiftyone delegated launch` worker; stop it when every op has ended."""
+def _run_worker_until_done(plugins_dir: Path, op_ids, timeout: float = 300) -> str:
+    """Start one `fiftyone delegated launch` worker; stop it when every operation has ended.
+    ``op_ids``: a list, or a callable giving the list (operations queued by operations)."""
     svc = DelegatedOperationService()
     cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
     worker = subprocess.Popen(
@@ -77,8 +78,9 @@ def _run_worker_until_done(plugins_dir: Path, op_ids: list, timeout: float = 300
     try:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            states = [svc.get(i).run_state for i in op_ids]
-            if all(s in ExecutionRunState.TERMINAL_STATES for s in states):
+            ids = op_ids() if callable(op_ids) else op_ids
+            states = [svc.get(i).run_state for i in ids]
+            if ids and all(s in ExecutionRunState.TERMINAL_STATES for s in states):
                 break
             time.sleep(1)
     finally:
@@ -169,6 +171,36 @@ def test_a_scheduled_run_that_fails_on_the_worker_is_announced_and_frees_its_fie
     assert "set_active_fields" not in requests
 
 
+@pytest.mark.slow
+def test_a_scheduled_sharded_run_reserves_its_field_until_its_jobs_hold_it(
+    make_dataset, tiny_config, plugins_dir
+) -> None:
+    ds = make_dataset(2, persistent=True)
+    params = _params(tiny_config, shards=2)
+    field, op = _schedule_like_the_app(ds, params)
+    assert field == "car" and _form(ds, _params(tiny_config))["label_field"].default == "car_2"
+    svc = DelegatedOperationService()
+
+    def ops() -> list:  # the planning job, then the two jobs it queues
+        jobs = svc.list_operations(operator="@cliprnn/clip-as-rnn/segment_shard",
+                                   dataset_name=ds.name)  # fmt: skip
+        return [op, *(j.id for j in jobs)] if len(jobs) == 2 else []
+
+    out = _run_worker_until_done(plugins_dir, ops)
+    states = [svc.get(i).run_state for i in ops()]
+    assert states == [ExecutionRunState.COMPLETED] * 3, out[-3000:]
+    ds.reload()
+    assert ds.count("car") == 2 and check_field(ds, "car").ok
+    result = foo.execute_operator(ANNOUNCE, dict(dataset=ds))
+    (ended,) = result.result["ended"]
+    assert ended["ok"] and ended["planned"]
+    requests = {r.operator_uri: r.params for r in result.executor._requests}
+    assert (
+        "Scheduled run into 'car' was split into jobs: Planned 'car' as 2 jobs"
+        in (requests["notify"]["message"])
+    )
+
+
 def test_a_reservation_whose_operation_is_gone_frees_the_field(
     make_dataset, tiny_config, monkeypatch
 ) -> None:
@@ -183,7 +215,9 @@ def test_a_reservation_whose_operation_is_gone_frees_the_field(
     assert _form(ds, params)["label_field"].default == "car"
     result = foo.execute_operator(ANNOUNCE, dict(dataset=ds))
     (ended,) = result.result["ended"]
-    assert ended == dict(field="car", ok=False, message="its operation was deleted before it ran")
+    assert ended == dict(
+        field="car", ok=False, message="its operation was deleted before it ran", planned=False
+    )
     # the name can be scheduled again
     again, op2 = _schedule_like_the_app(ds, params)
     assert again == "car"
