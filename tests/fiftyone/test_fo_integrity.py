@@ -3,8 +3,8 @@ decide under the field's lock, and check_field finds every sample whose labels d
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from meaning import class_pixels, field_targets
 
 from cliprnn.errors import ConfigError
 from cliprnn.fiftyone import SegmentationRun, segment_collection
@@ -20,14 +20,12 @@ OUTPUTS = ["segmentation", "detections"]
 def meanings(ds, field: str) -> dict[str, dict[str, int]]:
     """Per sample: class name -> pixel count of its semantic mask, read through mask_targets
     (what the user sees when hovering)."""
-    targets = {int(v): n for v, n in ds.mask_targets[field].items()}
-    out = {}
-    for sid, seg in zip(*ds.values(["id", field]), strict=True):
-        if seg is None:
-            continue
-        values, counts = np.unique(seg.get_mask(), return_counts=True)
-        out[sid] = {targets.get(int(v), f"?{v}"): int(c) for v, c in zip(values, counts) if v}
-    return out
+    targets = field_targets(ds, field)
+    return {
+        sid: class_pixels(seg.get_mask(), targets)
+        for sid, seg in zip(*ds.values(["id", field]), strict=True)
+        if seg is not None
+    }
 
 
 def run(coll, queries, tiny_config, **kw):
