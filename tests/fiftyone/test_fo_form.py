@@ -134,3 +134,29 @@ def test_the_progress_view_says_its_done_button_does_not_stop_the_run(
     assert running and all(
         label.endswith("(Done hides this view; the run goes on)") for label in running
     )
+
+
+def test_resume_and_exemplar_forms_say_what_they_write(make_dataset, tiny_config) -> None:
+    from cliprnn.fiftyone.shards import queue_sharded_run
+
+    ds = make_dataset(3)
+    resume = "@cliprnn/clip-as-rnn/resume_run"
+    queue_sharded_run(ds, 2, queue=False, queries=QUERIES, label_field="car",
+                      config=tiny_config)  # fmt: skip
+
+    def form(uri: str, params: dict, selected: list[str] | None = None) -> dict:
+        return foo.get_operator(uri).resolve_input(_ctx(ds, params, selected)).type.properties
+
+    assert form(resume, {})["writes"].view.label == (
+        "Resume writes 'car' (and its companion fields) on the 3 samples of this run not "
+        "written yet; the 0 samples written and all other samples are not changed"
+    )
+    assert form(resume, {"action": "cancel"})["writes"].view.label.startswith(
+        "Cancel writes no labels: it frees 'car' for other runs"
+    )
+    foo.get_operator(resume)(ds, "car", cancel=True)
+    exemplars = "@cliprnn/clip-as-rnn/exemplar_sets"
+    props = form(exemplars, {}, selected=ds.values("id")[:2])
+    assert props["writes"].view.label.endswith(
+        "no sample, label or field of the dataset is changed"
+    )
