@@ -430,8 +430,9 @@ def rebuild_instances(
     label_field: str = "car",
     detections_field: str | None = None,
     instances: str = DEFAULT_INSTANCES,
-    discard_edits: bool = False,
     progress: bool | None = None,
+    *,
+    discard_edits: bool = False,
 ) -> Rebuild:
     """The reverse direction: rewrite ``detections_field`` (default ``<label_field>_det``)
     from the semantic masks of ``label_field``, one instance per region (or per class), with
