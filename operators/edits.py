@@ -30,7 +30,7 @@ REFRESH_SAMPLES = f"{PLUGIN}/refresh_samples"
 REFRESH_IDS_MAX = 5000
 #: A rebuild form looks for unapplied instance edits on at most this many samples; Execute
 #: always checks the whole target.
-SCAN_MAX = 200
+SCAN_MAX = 100
 
 ACTIONS = {
     "rename": "Rename a class",
