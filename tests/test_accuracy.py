@@ -125,6 +125,7 @@ def _quick(config) -> dict:
     return run_accuracy_benchmark(QUICK_SEEDS, config, variants=("car",), resamples=10)
 
 
+@pytest.mark.slow
 @shipped
 def test_full_car_keeps_present_queries_and_drops_absent_ones() -> None:
     # measured 46.0 mIoU, 0.590 kept, 0.959 dropped (QUICK_MIN); a random classifier or a

@@ -108,6 +108,7 @@ def test_measure_reports_stages_and_a_label_map_digest() -> None:
     assert out["peak_rss_mb"] > 0
 
 
+@pytest.mark.slow
 def test_bf16_run_saves_its_label_map_and_reports_agreement(tmp_path) -> None:
     from cliprnn.bench.speed import run_speed_benchmark
 
@@ -158,6 +159,7 @@ def test_dataset_throughput_with_crf_overlap_gives_identical_outputs() -> None:
     assert out["overlap_speedup"] > 0
 
 
+@pytest.mark.slow
 def test_first_image_is_reported_cold_and_warm() -> None:
     from cliprnn.bench.speed import run_speed_benchmark
 

@@ -192,6 +192,7 @@ def _keep_failures(shown: float, absent: float) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @shipped
 def test_an_exemplar_query_is_kept_where_its_class_is(mini_car) -> None:
     shown, absent = _keep_rates(mini_car)
