@@ -107,6 +107,7 @@ def _assert_same_frames(ds: fo.Dataset, a: str, b: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_frame_fields_line_up_with_the_decoded_frames(videos, clips, queries, car) -> None:
     ds = videos(clips["a"], clips["b"])
     summary = _segment(ds, queries, outputs=["segmentation", "detections"])
@@ -144,6 +145,7 @@ def test_frame_fields_line_up_with_the_decoded_frames(videos, clips, queries, ca
     assert ds.load_run_results("cliprnn_car").frames == 14
 
 
+@pytest.mark.slow
 def test_frame_step_labels_every_kth_frame_and_leaves_the_others_empty(
     videos, clips, queries, car
 ) -> None:
@@ -175,6 +177,7 @@ def test_frame_step_labels_every_kth_frame_and_leaves_the_others_empty(
     assert sorted(_frames(ds, "car_scores")[ds.first().id]) == [1, 5]
 
 
+@pytest.mark.slow
 def test_skip_existing_recomputes_only_the_frames_without_the_field(
     videos, clips, queries, monkeypatch
 ) -> None:
@@ -259,6 +262,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(videos, clips, queries
     assert _frames(ds, "car_scores")[a][CUT_AT + 1].start == "scene_cut"
 
 
+@pytest.mark.slow
 def test_a_broken_video_fails_alone_with_an_error_naming_it(
     videos, clips, queries, tmp_path
 ) -> None:
@@ -288,6 +292,7 @@ def test_a_broken_video_fails_alone_with_an_error_naming_it(
     assert ds.load_run_results("cliprnn_skip").failed == 2
 
 
+@pytest.mark.slow
 def test_a_frames_view_runs_like_images_into_the_video_frame_fields(
     videos, clips, queries, car, tmp_path
 ) -> None:
