@@ -541,7 +541,8 @@ def remap_targets(
 
 #: Key of ``dataset.info`` holding class edits begun and not yet finished, per field.
 PENDING = "cliprnn_pending_class_edits"
-#: Attribute of a ``Segmentation``: the id of the last class edit applied to it.
+#: Attribute of a ``Segmentation``: the id of the last class edit applied to it (only set by
+#: edits that are not idempotent, such as swapping two names).
 CLASS_EDIT = "class_edit"
 
 
@@ -625,6 +626,10 @@ def _run_class_edit(
     from cliprnn.fiftyone.annotation import match_colors, schema_classes, set_schema_classes
 
     mapping: dict[str, str | None] = dict(job["mapping"])
+    # Applying a mapping whose new names all map to themselves twice is applying it once (the
+    # value table always is): a sample the killed process rewrote may simply be rewritten
+    # again. Only other mappings (a swap of two names) mark each rewritten sample.
+    marked = any(mapping.get(n, n) != n for n in mapping.values() if n is not None)
     new_targets = {int(k): v for k, v in job["targets"].items()}
     by_name = {n: v for v, n in new_targets.items()}
     dtype = L.mask_dtype(int(job["dtype_max"]))
@@ -643,7 +648,7 @@ def _run_class_edit(
     done = 0
     for sample in view.iter_samples(autosave=True, batch_size=BATCH_SIZE, progress=progress):
         seg = sample[label_field]
-        if seg.has_field(CLASS_EDIT) and seg[CLASS_EDIT] == job["id"]:
+        if marked and seg.has_field(CLASS_EDIT) and seg[CLASS_EDIT] == job["id"]:
             continue  # done before the process was stopped
         mask = table[seg.get_mask()].astype(dtype)
         if seg.mask_path:
@@ -666,7 +671,8 @@ def _run_class_edit(
             listed = sample[scores_field]
             relabelled = _relabel(listed.classifications, mapping, keep_deleted=True)
             listed.classifications = _once_each(relabelled)
-        seg[CLASS_EDIT] = job["id"]
+        if marked:
+            seg[CLASS_EDIT] = job["id"]
         sample[label_field] = seg
         done += 1
         if done % BATCH_SIZE == 0:

@@ -549,6 +549,7 @@ def test_a_killed_class_edit_never_misnames_and_is_finished_by_the_next_call(
             (d.label, d.value) for d in b["car_det"].detections
         ]
         assert [c.label for c in a["car_scores"].classifications] == ["pet", "sky"]
+        assert not a["car"].has_field("class_edit")  # a merge needs no marker: idempotent
     _check_ok(ds)
 
 
@@ -660,3 +661,28 @@ def test_apply_on_a_video_dataset_says_frame_fields_are_unsupported(tmp_path: Pa
         assert props["video"].invalid and "frame fields" in _label(props["video"])
     finally:
         ds.delete()
+
+
+def test_a_swap_of_two_class_names_killed_part_way_is_finished_once(
+    make_dataset, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    ds = _class_dataset(make_dataset, tmp_path)
+    script = (
+        "import fiftyone as fo\n"
+        "from cliprnn.fiftyone import edit_mask_classes\n"
+        f"ds = fo.load_dataset({ds.name!r})\n"
+        "edit_mask_classes(ds, 'car', rename={'cat': 'dog', 'dog': 'cat'})\n"
+    )
+    env = {**os.environ, "CLIPRNN_KILL_AT": "class_edit_sample:4"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    ds.reload()
+    edit_mask_classes(ds, "car", rename={"cat": "dog", "dog": "cat"})  # finishes, not re-swaps
+    assert ds.mask_targets["car"] == {1: "dog", 2: "cat", 3: "sky"}
+    for sample in ds:
+        by_value = {d.value: d.label for d in sample["car_det"].detections}
+        assert by_value == {1: "dog", 2: "cat", 3: "sky"}, sample.id
+    _check_ok(ds)
