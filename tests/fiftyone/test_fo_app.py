@@ -271,7 +271,8 @@ def test_app_runs_segment_on_selected_sample(
     ).click()
     prompt = page.get_by_test_id("operators-prompt-modal")
     expect(prompt).to_be_visible()
-    expect(prompt.get_by_text("Current selection").first).to_be_visible()
+    # the server's first form imports the library: slow on a loaded machine
+    expect(prompt.get_by_text("Current selection").first).to_be_visible(timeout=60_000)
 
     # the dataset's own classes, pre-filled from the ground truth's mask targets
     ad.pick_option(page, prompt, "Classes from the dataset", "Mask targets of 'ground_truth'")
