@@ -639,9 +639,7 @@ class SegmentationRun:
             f.scores: fo.Classifications,
             **{name: fo.Heatmap for name in f.heatmaps.values()},
         }
-        for name, cls in types.items():
-            if name:
-                self.store.declare(name, fo.EmbeddedDocumentField, embedded_doc_type=cls)
+        self.store.declare_labels({name: cls for name, cls in types.items() if name})
         if declare_error and self.skip_failures:
             self.error_store.declare(f.error, fo.StringField)
         seg, det = self.store.path(f.segmentation), self.store.path(f.detections)
@@ -745,10 +743,29 @@ class SampleFields:
         if not self.has(name):
             self.dataset.add_sample_field(name, ftype, **kwargs)
 
+    def declare_labels(self, types: Mapping[str, type]) -> None:
+        """Add the label fields ``types`` (name -> label class) that do not exist, in one
+        schema update (a run with a heatmap field per query adds hundreds)."""
+        schema = self.schema()
+        missing = {n: c for n, c in types.items() if n not in schema}
+        if missing:
+            _merge_label_fields(self.dataset, self.dataset._sample_doc_cls, missing)
+
     def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
         """Write ``labels`` (field -> sample id -> value); each sample's fields in one update,
         so a sample is written whole or not at all."""
         write_whole(self.dataset, labels)
+
+
+def _merge_label_fields(dataset: fo.Dataset, doc_cls: Any, types: Mapping[str, type]) -> None:
+    """Declare embedded label fields on ``doc_cls`` (a dataset's sample or frame document
+    class) with one save of the dataset document, as ``add_sample_field`` does for one."""
+    fields = {
+        name: doc_cls._create_field(name, fo.EmbeddedDocumentField, embedded_doc_type=cls)
+        for name, cls in types.items()
+    }
+    if doc_cls.merge_field_schema(fields):
+        dataset._reload()
 
 
 def write_whole(
@@ -781,6 +798,12 @@ class FrameFields(SampleFields):
         if not self.has(name):
             self.dataset.add_frame_field(name, ftype, **kwargs)
 
+    def declare_labels(self, types: Mapping[str, type]) -> None:
+        schema = self.schema()
+        missing = {n: c for n, c in types.items() if n not in schema}
+        if missing:
+            _merge_label_fields(self.dataset, self.dataset._frame_doc_cls, missing)
+
     def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
         """Write ``labels`` (field -> video sample id -> frame number -> label), field by
         field (a resume checks each frame's outputs, see the video run)."""
@@ -801,6 +824,10 @@ class FramesViewFields(FrameFields):
         frames = self.view._frames_dataset
         if not frames.has_field(name):
             frames.add_sample_field(name, ftype, **kwargs)
+
+    def declare_labels(self, types: Mapping[str, type]) -> None:
+        super().declare_labels(types)
+        SampleFields(self.view._frames_dataset).declare_labels(types)
 
     def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
         """Write ``labels`` (field -> frame sample id -> label), each frame whole, through
