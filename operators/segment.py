@@ -249,6 +249,11 @@ class Segment(foo.Operator):
         ``frame_step=k`` labels frames 1, 1 + k, 1 + 2k, ... and ``carry_queries`` (default
         on) starts each frame's recurrence from the previous labelled frame's kept queries.
 
+        ``delegate=True`` queues the run for a ``fiftyone delegated launch`` worker and
+        reserves ``label_field`` for it at once: until the run ends, scheduling another run
+        into that field fails here with an error naming the queued run, and the App's form
+        offers the next free name.
+
         Immediate runs are limited to ``FIFTYONE_OPERATOR_TIMEOUT`` seconds (600 by default);
         for large collections pass ``delegate=True`` or call
         :func:`cliprnn.fiftyone.segment_collection`. In a notebook, ``await`` the result.
