@@ -165,6 +165,7 @@ def cut_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Clip, Path]:
     return clip, clip.write(tmp_path_factory.mktemp("cut") / "cut.mp4")
 
 
+@pytest.mark.slow
 def test_without_carrying_every_labelled_frame_is_segmented_from_the_full_list(
     car, cut_clip
 ) -> None:
@@ -180,6 +181,7 @@ def test_without_carrying_every_labelled_frame_is_segmented_from_the_full_list(
         assert r.similarity is None and r.seconds > 0
 
 
+@pytest.mark.slow
 def test_carrying_restarts_on_the_first_frame_a_refresh_and_a_scene_cut(car, cut_clip) -> None:
     clip, path = cut_clip
     threshold = car.config.scene_cut_threshold
