@@ -158,3 +158,22 @@ def test_paint_stuff_then_things() -> None:
     masks[2, 0, 2:] = True  # thing, higher score
     label = paint_stuff_then_things(masks, [0.9, 0.2, 0.3], [True, False, False])
     np.testing.assert_array_equal(label, [[1, 2, 3, 3]])
+
+
+def test_merge_small_regions_leaves_no_region_under_the_minimum():
+    from cliprnn.regions import merge_small_regions
+
+    rng = np.random.default_rng(0)
+    label_map = rng.integers(0, 4, (40, 50)).astype(np.uint8)  # mostly specks
+    label_map[5:25, 5:30] = 1  # one large object
+    out = merge_small_regions(label_map, 12)
+    import cv2
+
+    for value in np.unique(out):
+        if value:
+            _, _, stats, _ = cv2.connectedComponentsWithStats(
+                (out == value).astype(np.uint8), connectivity=8
+            )
+            assert stats[1:, 4].min() >= 12, value
+    assert (out[5:25, 5:30] == 1).all()
+    assert np.array_equal(merge_small_regions(label_map, 0), label_map)

@@ -585,6 +585,7 @@ class SegmentationRun:
         named after ``sid``."""
         f = self.fields
         labels: dict[str, Any] = {}
+        result = L.without_specks(result, self.config.min_region_pixels)
         if f.segmentation:
             path = None
             if self.output_dir is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import fiftyone as fo
 import numpy as np
 
 from cliprnn.fiftyone.instances import DEFAULT_INSTANCES, instances_from_mask
+from cliprnn.regions import merge_small_regions
 from cliprnn.result import CaRResult
 
 OUTPUT_TYPES = ("segmentation", "detections", "heatmaps")
@@ -105,6 +107,14 @@ def output_fields(
     return OutputFields(
         label_field, seg, det, heat, f"{label_field}_error", scores_field(label_field)
     )
+
+
+def without_specks(result: CaRResult, min_pixels: int) -> CaRResult:
+    """``result`` with regions under ``min_pixels`` merged into their surroundings (the labels
+    FiftyOne stores; see ``CaRConfig.min_region_pixels``)."""
+    if min_pixels <= 1:
+        return result
+    return dataclasses.replace(result, label_map=merge_small_regions(result.label_map, min_pixels))
 
 
 def value_lut(result: CaRResult, values: Mapping[str, int]) -> np.ndarray:

@@ -92,6 +92,7 @@ class CaRModel(fom.Model):
         if self._car is None:
             self._car = get_car(self.config)
         result = self._car.segment(np.asarray(arg), self.queries)
+        result = L.without_specks(result, self.config.min_region_pixels)
         if self.output == "detections":
             return L.detections_label(result, self.values)
         return L.segmentation_label(result, self.values, self.dtype)

@@ -39,7 +39,8 @@ def plugins_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config(tiny_clip_dir: Path):
-    """The VOC preset on the tiny random CLIP (both stages), CRF on, small images."""
+    """The VOC preset on the tiny random CLIP (both stages), CRF on, small images, every
+    region kept (so stored masks equal the engine's label maps)."""
     from cliprnn import CaRConfig
 
     return CaRConfig.preset(
@@ -49,6 +50,7 @@ def tiny_config(tiny_clip_dir: Path):
         crf=True,
         device="cpu",
         max_image_side=64,
+        min_region_pixels=0,
     )
 
 

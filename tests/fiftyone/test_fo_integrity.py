@@ -130,3 +130,31 @@ def test_check_field_reports_each_kind_of_broken_sample(make_dataset, tiny_confi
     assert "value" in " ".join(report.broken[samples[1].id])
     assert "disagree" in " ".join(report.broken[samples[2].id])
     assert samples[0].id in report.summary()
+
+
+def test_specks_are_merged_into_their_surroundings_in_mask_and_instances(make_dataset, tiny_config):
+    import fiftyone as fo
+
+    from cliprnn.fiftyone.engine import get_car
+    from cliprnn.fiftyone.instances import instance_pixels
+    from cliprnn.regions import merge_small_regions
+
+    config = tiny_config.replace(min_region_pixels=16)
+    ds = make_dataset(3)
+    segment_collection(ds, FIRST, label_field="car", config=config, outputs=OUTPUTS,
+                       progress=False)  # fmt: skip
+    car = get_car(tiny_config)
+    raw_regions = 0
+    for sample in ds:
+        direct = car.segment(sample.filepath, FIRST)
+        raw = fo.Segmentation(mask=direct.label_map.astype("uint8")).to_detections(
+            mask_targets={i + 1: q for i, q in enumerate(FIRST)}, mask_types="thing"
+        )
+        raw_regions += len(raw.detections)
+        merged = merge_small_regions(direct.label_map, 16)
+        assert (sample["car"].get_mask() == merged).all()
+        hw = merged.shape
+        sizes = [int(instance_pixels(d, hw).sum()) for d in sample["car_det"].detections]
+        assert min(sizes, default=16) >= 16
+    assert raw_regions > len(ds.values("car_det.detections", unwind=True))
+    assert check_field(ds, "car").ok

@@ -84,6 +84,8 @@ def _frames_before_the_fault(path: Path) -> int:
 
 
 def _segment(ds, queries, field="car", **kwargs):
+    """A run with every region kept, so stored masks equal the engine's label maps."""
+    kwargs.setdefault("min_region_pixels", 0)
     return segment_collection(ds, queries, label_field=field, config="mini", progress=False,
                               **kwargs)  # fmt: skip
 
