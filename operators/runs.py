@@ -1,7 +1,7 @@
 """Operators of scheduled runs: ``segment_shard`` (one job of a sharded ``segment`` run,
 queued by it, unlisted), ``resume_run`` (re-queue the unfinished jobs of a run, or cancel it)
 and ``scheduled_runs`` (unlisted, run by the App whenever a dataset opens: says how the
-dataset's scheduled runs ended and shows their fields)."""
+dataset's scheduled runs ended, or how far they are, and shows the finished fields)."""
 
 from __future__ import annotations
 
@@ -148,8 +148,9 @@ class ResumeRun(foo.Operator):
 
 class ScheduledRuns(foo.Operator):
     """Run by the App when a dataset opens: announce the dataset's scheduled segment runs
-    that ended since (a notification per run: its summary, or why it failed) and show the
-    fields of the finished ones, in the run's colours."""
+    that ended since (one notification: each run's summary, or why it failed; and the runs
+    still queued or running, with their progress) and show the fields of the finished ones,
+    in the run's colours."""
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -163,19 +164,32 @@ class ScheduledRuns(foo.Operator):
     def execute(self, ctx):
         if ctx.dataset is None or cliprnn_missing():
             return {"ended": []}
-        from cliprnn.fiftyone.scheduled import take_finished
+        from cliprnn.fiftyone.scheduled import scheduled_runs, take_finished
 
         ended = take_finished(ctx.dataset)
-        if not ended:
-            return {"ended": []}
+        pending = scheduled_runs(ctx.dataset)
         lines = [f"Scheduled run into '{e['field']}' {_how(e)}" for e in ended]
+        if pending:
+            lines.append("Still going: " + "; ".join(pending_text(r) for r in pending))
+        if not lines:
+            return {"ended": [], "pending": []}
         failed = any(not e["ok"] for e in ended)
-        ctx.ops.notify("\n".join(lines), variant="error" if failed else "success")
+        variant = "error" if failed else "success" if ended else "info"
+        ctx.ops.notify("\n".join(lines), variant=variant)
         done = [e for e in ended if e["ok"] and not e.get("planned")]
         shown = [f for e in done for f in _shown_fields(ctx.dataset, e["field"])]
         if shown:
             refresh_app(ctx, shown)  # builds (and so triggers) the messages
-        return {"ended": ended}
+        return {"ended": ended, "pending": [r["field"] for r in pending]}
+
+
+def pending_text(run: dict[str, Any]) -> str:
+    """``'car' running 40 % (Segmented 2/5 samples)`` for a scheduled run not ended yet."""
+    state = run["state"]
+    if run.get("progress") is not None and state == "running":
+        state += f" {round(100 * run['progress'])} %"
+    label = f" ({run['label']})" if run.get("label") else ""
+    return f"'{run['field']}' {state}{label}"
 
 
 def _how(ended: dict[str, Any]) -> str:

@@ -881,6 +881,8 @@ def _scheduled_inputs(ctx, inputs: types.Object, field: str | None) -> None:
     that have not finished (state and progress, from their delegated operations)."""
     from cliprnn.fiftyone.scheduled import scheduled_runs
 
+    from .runs import pending_text
+
     if field:
         inputs.view(
             "schedule_notice",
@@ -893,13 +895,7 @@ def _scheduled_inputs(ctx, inputs: types.Object, field: str | None) -> None:
         )
     runs = scheduled_runs(ctx.dataset)
     if runs:
-        lines = []
-        for r in runs:
-            state = r["state"]
-            if r["progress"] is not None and state == "running":
-                state += f" {round(100 * r['progress'])} %"
-            label = f": {r['label']}" if r.get("label") else ""
-            lines.append(f"- '{r['field']}': {state}{label}")
+        lines = [f"- {pending_text(r)}" for r in runs]
         inputs.md(
             f"**Scheduled runs of this dataset ({plural(len(runs), 'run')})**\n\n"
             + "\n".join(lines),

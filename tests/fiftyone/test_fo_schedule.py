@@ -107,7 +107,7 @@ def test_two_runs_scheduled_back_to_back_land_in_two_fields(
     assert props["label_field_error"].invalid
     assert "reserved by a run scheduled" in props["label_field_error"].error_message
     listed = props["scheduled_runs"].default  # (another test's worker may have started one)
-    assert "- 'car': " in listed and "- 'car_2': " in listed
+    assert "- 'car' " in listed and "- 'car_2' " in listed
     # a run scheduled into a reserved field is refused when it is scheduled, not on the worker
     with pytest.raises(Exception, match="reserved"):
         foo.execute_operator(URI, dict(dataset=ds, params={**params, "label_field": "car_2"}),
@@ -208,6 +208,11 @@ def test_a_reservation_whose_operation_is_gone_frees_the_field(
     params = _params(tiny_config)
     field, op = _schedule_like_the_app(ds, params)
     assert field == "car" and _form(ds, params)["label_field"].default == "car_2"
+    # opening the dataset meanwhile says the run is still going
+    result = foo.execute_operator(ANNOUNCE, dict(dataset=ds))
+    assert result.result == {"ended": [], "pending": ["car"]}
+    notes = [r.params for r in result.executor._requests if r.operator_uri == "notify"]
+    assert notes == [{"message": "Still going: 'car' queued", "variant": "info"}]
     DelegatedOperationService().delete_operation(op)  # `fiftyone delegated delete`
     assert reserved_fields(ds) == {"car": reserved_fields(ds)["car"]}  # may be queueing still
     monkeypatch.setattr(scheduled, "QUEUE_GRACE", dt.timedelta(0))  # ... 30 s later

@@ -59,7 +59,7 @@ def test_two_runs_scheduled_back_to_back_in_the_app(sched_dataset, plugins_dir, 
             expect(prompt.get_by_text(f"reserves '{field}' for it at once")).to_be_visible()
             if field == "car_2":
                 # (a worker of another test sharing the database may have started it)
-                expect(prompt.get_by_text(re.compile(r"'car': (queued|running)"))).to_be_visible()
+                expect(prompt.get_by_text(re.compile(r"'car' (queued|running)"))).to_be_visible()
             _schedule(page, prompt)
             expect(page.get_by_text("Operation successfully scheduled")).to_be_visible(
                 timeout=30_000
