@@ -19,7 +19,8 @@ def merge_small_regions(label_map: np.ndarray, min_pixels: int) -> np.ndarray:
         if value == 0:
             continue
         count, regions, stats, _ = cv2.connectedComponentsWithStats(  # specks merged so far
-            (out == value).astype(np.uint8), connectivity=8  # into this class count with it
+            (out == value).astype(np.uint8),
+            connectivity=8,  # into this class count with it
         )
         for r in range(1, count):
             x, y, bw, bh, area = (int(v) for v in stats[r])

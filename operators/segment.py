@@ -161,6 +161,10 @@ class Segment(foo.Operator):
             raise
         s = run.summary
         yield from refresh_app(ctx, [run.store.path(f) for f in run.fields.shown()])
+        if run.overwrite:  # the App's copies of rewritten samples must not be saved back
+            from .edits import refresh_after_write
+
+            yield from refresh_after_write(ctx, list(run.ids))
         message = _summary_message(run)
         if shards > 1:
             message += f" as one job: 'Split into {shards} jobs' applies to scheduled runs"
@@ -225,6 +229,7 @@ class Segment(foo.Operator):
         exemplar_sets: list[str] | None = None,
         frame_step: int | None = None,
         carry_queries: bool | None = None,
+        min_region_pixels: int | None = None,
         **advanced: Any,
     ) -> Any:
         """Segment ``sample_collection`` with CaR; the same work as the App form.
@@ -312,6 +317,8 @@ class Segment(foo.Operator):
             params["frame_step"] = frame_step
         if carry_queries is not None:
             params["carry_queries"] = carry_queries
+        if min_region_pixels is not None:
+            params["min_region_pixels"] = min_region_pixels
         for name, value in advanced.items():
             params[name] = ", ".join(value) if name == "background_words" else value
         if shards > 1:
@@ -388,6 +395,12 @@ def run_kwargs(params: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     )
     if kwargs["queries_from"] == NO_SOURCE:
         kwargs["queries_from"] = None
+    if params.get("min_region_pixels") not in (None, ""):
+        kwargs["min_region_pixels"] = int(params["min_region_pixels"])
+    from cliprnn.fiftyone.scheduled import TOKEN_PARAM
+
+    if params.get(TOKEN_PARAM):
+        kwargs["reservation"] = params[TOKEN_PARAM]
     if kwargs["classes_from"] and params.get("classes") is not None:
         kwargs["classes"] = params["classes"]
     if params.get("frame_step") not in (None, ""):
@@ -753,6 +766,16 @@ def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> str | None
             label="Instances",
             view=choices_view(types.RadioGroup, INSTANCE_LABELS, INSTANCE_LABELS),
         )
+    from cliprnn import CaRConfig
+
+    inputs.int(
+        "min_region_pixels",
+        default=CaRConfig().min_region_pixels,
+        min=0,
+        label="Minimum region size (pixels)",
+        description="Smaller regions merge into what surrounds them, in the mask and the "
+        "instances alike (0 keeps every region)",
+    )
     inputs.str(
         "output_dir",
         default="",

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,9 +147,12 @@ class SegmentationRun:
         queries_from: str | None = None,
         instances: str = DEFAULT_INSTANCES,
         load_model: bool = True,
+        reservation: str | None = None,
         **config_overrides: Any,
     ) -> None:
         coll = sample_collection
+        #: The token of the scheduled run this is (its reserved field is its own to write).
+        self.reservation = reservation
         self.collection = coll
         self.dataset = coll._root_dataset
         self._check_media(coll)
@@ -305,6 +308,14 @@ class SegmentationRun:
         return ids
 
     def _check_fields(self, overwrite: bool, skip_existing: bool) -> None:
+        from cliprnn.fiftyone.scheduled import reserved_fields
+
+        held = reserved_fields(self.dataset, except_token=self.reservation)
+        if self.fields.label_field in held:
+            raise ConfigError(
+                f"field '{self.fields.label_field}' is reserved by {held[self.fields.label_field]}"
+                "; choose another label_field, or wait for that run to finish"
+            )
         schema = self.store.schema()
         error_field = self.error_store.schema().get(self.fields.error)
         if error_field is not None:
@@ -621,7 +632,23 @@ class SegmentationRun:
                 labels = {**labels, error: dict(errors)}
             else:
                 self.error_store.write({error: dict(errors)})
+        if self.overwrite:
+            self._supersede(errors)
         self.store.write({name: values for name, values in labels.items() if values})
+
+    def _supersede(self, ids: Iterable[str]) -> None:
+        """Record the instances an overwrite replaces on samples ``ids`` as superseded, so an
+        old copy the App still holds is refused by the next fold-back, not folded in."""
+        det = self.fields.detections
+        if not det or self.store.prefix or not self.store.has(det):
+            return
+        from cliprnn.fiftyone.edits import Superseded, relabel_fingerprint
+
+        replaced = Superseded(self.dataset, self.fields.label_field)
+        view = self.dataset.select(list(ids)).exists(det)
+        for sid, dets in zip(*view.values(["id", f"{det}.detections"]), strict=True):
+            replaced.add(sid, [relabel_fingerprint(d) for d in dets or []])
+        replaced.flush()
 
     def _prepare_dataset(self, declare_error: bool = False) -> None:
         """Declare the output fields (a batch may hold only None) and record mask targets.

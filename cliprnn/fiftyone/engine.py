@@ -14,6 +14,9 @@ DEFAULT_PRESET = "voc"
 _CACHE_SIZE = 2
 _cache: OrderedDict[CaRConfig, Any] = OrderedDict()
 _lock = threading.Lock()
+#: Config fields only the labels written to FiftyOne depend on, not the engine: configs that
+#: differ only in them share one loaded engine.
+LABEL_ONLY = {"min_region_pixels": 0}
 
 
 def resolve_config(
@@ -42,17 +45,18 @@ def get_car(config: CaRConfig, load: bool = True) -> Any:
     """
     from cliprnn import CaR
 
+    key = config.replace(**LABEL_ONLY)
     with _lock:
-        car = _cache.get(config)
+        car = _cache.get(key)
         if car is None:
-            car = CaR(config)
+            car = CaR(key)
             if load:
                 car.load()
-            _cache[config] = car
+            _cache[key] = car
             while len(_cache) > _CACHE_SIZE:
                 _cache.popitem(last=False)
         else:
-            _cache.move_to_end(config)
+            _cache.move_to_end(key)
     return car
 
 

@@ -1,4 +1,4 @@
-"""Discovery smoke test: a fresh FiftyOne process finds the plugin and its three operators,
+"""Discovery smoke test: a fresh FiftyOne process finds the plugin and its operators,
 registers them without errors, and does not import torch to list them."""
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ def test_plugin_and_operators_are_discovered_without_errors(plugins_dir) -> None
         f"{PLUGIN_URI}/{n}"
         for n in (
             "apply_mask_edits",
+            "check_field",
             "edit_mask_classes",
             "exemplar_sets",
             "resume_run",
+            "scheduled_runs",
             "segment",
             "segment_shard",
         )

@@ -158,3 +158,25 @@ def test_specks_are_merged_into_their_surroundings_in_mask_and_instances(make_da
         assert min(sizes, default=16) >= 16
     assert raw_regions > len(ds.values("car_det.detections", unwind=True))
     assert check_field(ds, "car").ok
+
+
+def test_an_old_copy_of_instances_an_overwrite_replaced_is_refused_by_the_fold_back(
+    make_dataset, tiny_config
+):
+    import fiftyone as fo
+
+    from cliprnn.fiftyone import apply_mask_edits
+
+    ds = make_dataset(2)
+    run(ds, FIRST, tiny_config)
+    sample = ds.first()
+    stale = sample["car_det"].to_dict()  # what an App page opened before the overwrite holds
+    run(ds.select(sample.id), SECOND, tiny_config, overwrite=True)
+    written = meanings(ds, "car")
+    sample.reload()
+    sample["car_det"] = fo.Detections.from_dict(stale)  # the App saves its old copy back
+    sample.save()
+    result = apply_mask_edits(ds, "car")
+    assert sample.id in result.refused
+    ds.reload()
+    assert meanings(ds, "car") == written

@@ -229,7 +229,8 @@ def test_three_entry_points_give_identical_masks(make_dataset, tiny_config) -> N
     ds = make_dataset(3)
     segment_collection(ds, QUERIES, label_field="lib", config=tiny_config, progress=False)
     op = foo.get_operator(f"{URI}/segment")
-    op(ds, queries=QUERIES, label_field="sdk", preset="voc", **_advanced(tiny_config))
+    keep = dict(min_region_pixels=tiny_config.min_region_pixels)
+    op(ds, queries=QUERIES, label_field="sdk", preset="voc", **keep, **_advanced(tiny_config))
     foo.execute_operator(
         f"{URI}/segment",
         ctx=dict(
@@ -239,6 +240,7 @@ def test_three_entry_points_give_identical_masks(make_dataset, tiny_config) -> N
                 label_field="exe",
                 preset="voc",
                 advanced=True,
+                **keep,
                 **_advanced(tiny_config),
             ),
         ),
