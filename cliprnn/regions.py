@@ -18,10 +18,9 @@ def merge_small_regions(label_map: np.ndarray, min_pixels: int) -> np.ndarray:
     for value in np.unique(label_map):
         if value == 0:
             continue
-        count, regions, stats, _ = cv2.connectedComponentsWithStats(  # specks merged so far
-            (out == value).astype(np.uint8),
-            connectivity=8,  # into this class count with it
-        )
+        # on ``out``: specks merged into this class so far count as part of it
+        mask = (out == value).astype(np.uint8)
+        count, regions, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         for r in range(1, count):
             x, y, bw, bh, area = (int(v) for v in stats[r])
             if area >= min_pixels:
