@@ -335,3 +335,47 @@ def test_apply_after_editing_a_second_runs_field(app, integrity_dataset) -> None
     np.testing.assert_array_equal(_stored(ds, sid), car_before)  # first run untouched
     _check(ds)
     assert not ad.unexpected_errors(errors), errors
+
+
+def test_overwrite_on_one_selected_sample_keeps_the_other_samples_meaning(
+    app, integrity_dataset
+) -> None:
+    """Segment one selected sample into the existing field with Overwrite and other queries:
+    the other sample still hovers as cat/dog (its mask values keep their names) and the
+    field's classes grow."""
+    from playwright.sync_api import expect
+
+    if not ad.mini_shipped():
+        pytest.skip("the bundled miniature CLIP is not shipped")
+    base, page, errors = app
+    ds = integrity_dataset
+    s0, s1 = ds.values("id")
+    other = _stored(ds, s1).copy()
+
+    ad.goto_dataset(page, base, ds.name, len(ds))
+    ad.select_in_grid(page, [0])
+    prompt = ad.open_operator(page, "Segment with text (CLIP as RNN)")
+    ad.field_after(prompt, "Text queries", "textarea").fill("red circle\nblue square")
+    ad.pick_option(page, prompt, "Preset", "Bundled miniature CLIP (offline, for demos and tests)")
+    ad.field_after(prompt, "Output field").fill("car")
+    prompt.get_by_text("Overwrite an existing field", exact=True).first.click()
+    execute = prompt.get_by_role("button", name="Execute", exact=True)
+    page.wait_for_timeout(1500)  # the form resolves again after each change
+    expect(execute).to_be_enabled(timeout=60_000)
+    execute.click()
+    # a generator operator ends on its progress view (its own dialog), then Done
+    expect(page.get_by_text("Segmented 1/1 samples", exact=False).first).to_be_visible(
+        timeout=180_000
+    )
+    page.get_by_role("button", name="Done", exact=True).click()
+    expect(prompt).to_have_count(0, timeout=30_000)
+
+    ds.reload()
+    targets = {int(v): n for v, n in ds.mask_targets["car"].items()}
+    assert {1: "cat", 2: "dog"}.items() <= targets.items()  # old classes keep their values
+    assert {"red circle", "blue square"} <= set(targets.values())
+    np.testing.assert_array_equal(_stored(ds, s1), other)  # untouched, same meaning
+    new = _stored(ds, s0)
+    assert set(np.unique(new)) <= {0} | {v for v, n in targets.items() if n not in TARGETS.values()}
+    _check(ds)
+    assert not ad.unexpected_errors(errors), errors
