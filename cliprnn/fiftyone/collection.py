@@ -675,10 +675,23 @@ class SegmentationRun:
             ds.mask_targets = {**ds.mask_targets, seg: self.mask_targets}
         if det:
             ds.classes = {**ds.classes, det: list(dict.fromkeys(self.mask_targets.values()))}
+        _hide_by_default(ds, self.store.path(f.scores))
         ds.save()
         if det:
             make_editable(ds, det, list(dict.fromkeys(self.mask_targets.values())))
         match_colors(ds, self.mask_targets, seg, det)
+
+
+def _hide_by_default(dataset: fo.Dataset, path: str) -> None:
+    """Leave ``path`` unticked in the App's sidebar by default (a run's scores list every
+    query on every thumbnail, dropped ones included), unless the dataset's default already
+    lists the fields to show."""
+    active = dataset.app_config.active_fields
+    if active is not None and not active.exclude:
+        return
+    paths = list(active.paths) if active is not None else []
+    if path not in paths:
+        dataset.app_config.active_fields = fo.ActiveFields(exclude=True, paths=[*paths, path])
 
 
 class _Batch:

@@ -180,3 +180,13 @@ def test_an_old_copy_of_instances_an_overwrite_replaced_is_refused_by_the_fold_b
     assert sample.id in result.refused
     ds.reload()
     assert meanings(ds, "car") == written
+
+
+def test_the_scores_field_is_unticked_in_the_app_by_default(make_dataset, tiny_config):
+    ds = make_dataset(1)
+    run(ds, FIRST, tiny_config)
+    segment_collection(ds, FIRST[:2], label_field="car_b", config=tiny_config, progress=False)
+    ds.reload()
+    active = ds.app_config.active_fields
+    assert active.exclude and {"car_scores", "car_b_scores"} <= set(active.paths)
+    assert "car" not in active.paths and "car_det" not in active.paths
