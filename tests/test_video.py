@@ -210,6 +210,7 @@ def test_carrying_restarts_on_the_first_frame_a_refresh_and_a_scene_cut(car, cut
         previous = r
 
 
+@pytest.mark.slow
 def test_frame_step_over_frames_in_memory(car, cut_clip) -> None:
     clip, path = cut_clip
     results = list(segment_video(car, iter(clip.frames), CLASSES, frame_step=3))
