@@ -24,22 +24,22 @@ def test_decoding_runs_ahead_on_threads_and_writes_are_batched(
     decoded_on: list[str] = []
     real_load = collection.load_image
 
-    def spy_load(path):
+    def spy_load(path, max_pixels=None):
         decoded_on.append(threading.current_thread().name)
-        return real_load(path)
+        return real_load(path, max_pixels)
 
-    writes: list[tuple[str, int]] = []
-    real_set_values = fo.Dataset.set_values
+    writes: list[tuple[str, int]] = []  # (field, samples) of each batch write
+    real_write = collection.write_whole
 
-    def spy_set_values(self, field, values, *args, **kwargs):
-        writes.append((field, len(values)))
-        return real_set_values(self, field, values, *args, **kwargs)
+    def spy_write(coll, labels):
+        writes.extend((field, len(values)) for field, values in labels.items())
+        return real_write(coll, labels)
 
     def no_save(self, *args, **kwargs):
         raise AssertionError("a per-sample save() during a run")
 
     monkeypatch.setattr(collection, "load_image", spy_load)
-    monkeypatch.setattr(fo.Dataset, "set_values", spy_set_values)
+    monkeypatch.setattr(collection, "write_whole", spy_write)
     monkeypatch.setattr(fo.Sample, "save", no_save)
 
     s = segment_collection(
@@ -49,7 +49,7 @@ def test_decoding_runs_ahead_on_threads_and_writes_are_batched(
     assert (s.processed, s.failed) == (4, 1)
     assert len(decoded_on) == 5
     assert all(name.startswith("cliprnn-prefetch") for name in decoded_on), decoded_on
-    # 5 samples in batches of 2: three writes of the label field, of 2, 2 and 1 samples
+    # 5 samples in batches of 2: three writes (each sample's fields together), of 2, 2 and 1
     assert [n for f, n in writes if f == "car"] == [2, 2, 1]
     assert [n for f, n in writes if f == "car_error"] == [2, 1]  # from the failing batch on
     error = dict(zip(ids, ds.values("car_error"), strict=True))[ids[2]]

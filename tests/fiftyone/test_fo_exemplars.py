@@ -369,15 +369,17 @@ def test_a_scheduled_run_carries_only_the_set_names(scenes) -> None:
     # split into jobs: planned here, the set loaded from the dataset once, for every job
     from cliprnn.fiftyone import cancel_run
 
+    # (into another field: the deleted run's reservation of 'car' holds for its grace period)
     plan = foo.get_operator(SEGMENT)(
-        scenes, exemplar_sets=["mascot"], preset="mini", shards=2, delegate=True
-    ).result
+        scenes, exemplar_sets=["mascot"], preset="mini", shards=2, delegate=True,
+        label_field="sharded",
+    ).result  # fmt: skip
     try:
         assert len(plan["operations"]) == 2
         scenes.reload()
-        assert scenes.mask_targets["car"] == {1: "mascot"}
+        assert scenes.mask_targets["sharded"] == {1: "mascot"}
     finally:
-        cancel_run(scenes, "car")
+        cancel_run(scenes, "sharded")
 
 
 # ------------------------------------------------------------------------------ a real run
