@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness in one command (about 5-8 minutes on a fresh CUDA machine):
+# GPU readiness in one command (about 6-9 minutes on a fresh CUDA machine):
 #   1. installs what is missing (pydensecrf2; from ./.whl when that folder holds wheels, since
 #      the GPU machine may have no network) and puts this checkout on PYTHONPATH;
 #   2. runs the CUDA-only tests (tests/test_cuda.py, tests/test_device.py) and the pipeline
@@ -7,7 +7,9 @@
 #   3. runs bench-speed on CUDA in float32 (with the baseline schedule) and in float16 (VOC
 #      preset, the paper's ViT-B/16 + ViT-L/14 with random weights, 20 queries, cold and warm
 #      text cache), the float16 one with a 32-image throughput run with and without the CRF
-#      overlap (2 CRF workers). Each step has a time limit; the three add up to 8 minutes.
+#      overlap (2 CRF workers);
+#   4. (before 3) trains a tiny miniature CLIP for 30 steps on the device and resumes it
+#      (cliprnn.mini_clip.train). Each step has a time limit; they add up to 10.5 minutes.
 # stdout: one JSON line per figure ({"figure": ..., "value": ..., ...}); logs go to stderr.
 #
 #   scripts/gpu_check.sh            the check (needs CUDA)
@@ -133,6 +135,17 @@ if data:
                               "images": data["images"], "crf_workers": data["crf_workers"],
                               **tags}))
 EOF
+
+# the miniature CLIP's training loop on this device (bfloat16 autocast on CUDA, float32 on the
+# CPU), 20 steps of a tiny model with 2 data workers, then a resume of its checkpoint
+TRAIN_OUT="$(mktemp -d /tmp/cliprnn-gpu-train-XXXXXX)"
+TINY=(--width 64 --vision-layers 1 --text-layers 1 --image-size 32 --projection-dim 32
+      --batch 16 --steps 30 --log-every 10 --val-seeds none --device "$MODE" --workers 2)
+step train 90 "$PY" -m cliprnn.mini_clip.train "${TINY[@]}" --minutes 1 \
+    --checkpoint-minutes 1000 --out "$TRAIN_OUT" --seed 0
+step train_resume 60 "$PY" -m cliprnn.mini_clip.train "${TINY[@]}" --minutes 1 \
+    --checkpoint-minutes 1000 --out "$TRAIN_OUT" --seed 0 \
+    --init "$TRAIN_OUT/checkpoint" --resume
 
 if [ "$MODE" = cuda ]; then
     step bench_float32 150 "$PY" "$BENCH" cuda float32 0 1
