@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _CONFIG = """
 from cliprnn import CaRConfig
 cfg = CaRConfig.preset("voc", proposal_model=sys.argv[2], classifier_model=sys.argv[2],
-                       crf=True, device="cpu", max_image_side=64)
+                       crf=True, device="cpu", max_image_side=64,
+                       min_region_pixels=0)  # as tiny_config
 """
 
 # One run of QUERIES into field argv[3], files under argv[4]; argv[5] == "1" resumes.

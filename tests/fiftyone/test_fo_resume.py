@@ -28,7 +28,8 @@ from cliprnn.fiftyone import SegmentationRun
 
 ds = fo.load_dataset(sys.argv[1])
 cfg = CaRConfig.preset("voc", proposal_model=sys.argv[2], classifier_model=sys.argv[2],
-                       crf=True, device="cpu", max_image_side=64)
+                       crf=True, device="cpu", max_image_side=64,
+                       min_region_pixels=0)  # as tiny_config
 run = SegmentationRun(ds, sys.argv[3].split("|"), label_field="car", config=cfg, batch_size=2)
 for p in run:
     print(p.done, flush=True)

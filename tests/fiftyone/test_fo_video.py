@@ -213,7 +213,7 @@ from cliprnn.fiftyone import SegmentationRun
 
 ds = fo.load_dataset(sys.argv[1])
 run = SegmentationRun(ds, sys.argv[2].split("|"), label_field="car", config="mini",
-                      batch_size=2)
+                      batch_size=2, min_region_pixels=0)  # as _segment
 for p in run:
     print("written", p.frames_done, flush=True)
     if p.frames_done >= 4:
