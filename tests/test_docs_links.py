@@ -147,19 +147,7 @@ def test_quoted_repository_paths_exist(doc: Path) -> None:
 
 
 # Documents that still name an issue, by their owners' leave; strict, so a fix must drop them.
-NAMES_AN_ISSUE = {"docs/mini_clip.md"}
-
-
-@pytest.mark.parametrize(
-    "doc",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="still names an issue"))
-        if i in NAMES_AN_ISSUE
-        else p
-        for p, i in zip(DOCS, IDS, strict=True)
-    ],
-    ids=IDS,
-)
+@pytest.mark.parametrize("doc", DOCS, ids=IDS)
 def test_no_text_points_outside_the_repository(doc: Path) -> None:
     found = []
     for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
