@@ -146,7 +146,6 @@ def test_quoted_repository_paths_exist(doc: Path) -> None:
     assert not missing, f"{doc.relative_to(REPO_ROOT)} quotes paths that do not exist: {missing}"
 
 
-# Documents that still name an issue, by their owners' leave; strict, so a fix must drop them.
 @pytest.mark.parametrize("doc", DOCS, ids=IDS)
 def test_no_text_points_outside_the_repository(doc: Path) -> None:
     found = []
