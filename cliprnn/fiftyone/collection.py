@@ -790,7 +790,11 @@ class SampleFields:
         schema = self.schema()
         missing = {n: c for n, c in types.items() if n not in schema}
         if missing:
-            _merge_label_fields(self.dataset, self.dataset._sample_doc_cls, missing)
+            _merge_label_fields(self.dataset, self._doc_cls(), missing)
+
+    def _doc_cls(self) -> Any:
+        """The document class whose schema holds the fields."""
+        return self.dataset._sample_doc_cls
 
     def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
         """Write ``labels`` (field -> sample id -> value); each sample's fields in one update,
@@ -839,11 +843,8 @@ class FrameFields(SampleFields):
         if not self.has(name):
             self.dataset.add_frame_field(name, ftype, **kwargs)
 
-    def declare_labels(self, types: Mapping[str, type]) -> None:
-        schema = self.schema()
-        missing = {n: c for n, c in types.items() if n not in schema}
-        if missing:
-            _merge_label_fields(self.dataset, self.dataset._frame_doc_cls, missing)
+    def _doc_cls(self) -> Any:
+        return self.dataset._frame_doc_cls
 
     def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
         """Write ``labels`` (field -> video sample id -> frame number -> label), field by
