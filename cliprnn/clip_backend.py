@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cliprnn.compact import compact_parameter_count, upcast_once
+from cliprnn.compact import align_weights, compact_parameter_count, upcast_once
 from cliprnn.compact import compact_weights as _compact_weights
 from cliprnn.errors import ConfigError, ModelLoadError
 from cliprnn.text_cache import TextCache, entry_key, resolve_text_cache_dir, weights_digest
@@ -255,6 +255,7 @@ class ClipBackend:
         tokenizer = cls._load_tokenizer(folder, name, role)
         dev = resolve_device(device)
         model = model.eval().requires_grad_(False)
+        align_weights(model)
         if compact_weights:  # before the move: the device copy is then the compact one
             _compact_weights(model)
         return cls(

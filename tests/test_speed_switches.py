@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from cliprnn import CaR, CaRConfig
 from cliprnn.bench.speed import SPEED_SWITCHES
-from cliprnn.compact import _Upcast, compact_weights, exact_storage_dtype
+from cliprnn.compact import _Upcast, align_weights, compact_weights, exact_storage_dtype
 from cliprnn.random_clip import random_clip_model
 from cliprnn.scenes import generate_scene
 
@@ -214,6 +214,28 @@ def test_compact_weights_hold_every_layer_weight_in_16_bits(default_runs) -> Non
     weight = backend.model.vision_model.encoder.layers[0].mlp.fc1.weight
     assert weight.dtype == torch.float32
     assert torch.equal(weight, weight.half().float())
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_loaded_weights_start_on_64_byte_boundaries(fp16_clip_dir: Path, compact: bool) -> None:
+    # memory-mapped checkpoint tensors start anywhere; CPU BLAS rounds by alignment (1e-4 apart
+    # on AVX2 machines), so compact and plain weights gave different proposals until aligned
+    from cliprnn.clip_backend import ClipBackend
+
+    model = ClipBackend.load(fp16_clip_dir, compact_weights=compact).model
+    tensors = [*model.parameters(), *model.buffers()]
+    assert len(tensors) > 70
+    assert [t.data_ptr() % 64 for t in tensors] == [0] * len(tensors)
+
+
+def test_align_weights_copies_only_misaligned_tensors() -> None:
+    model = torch.nn.Linear(3, 5)
+    storage = torch.zeros(16)
+    model.weight.data = storage[1:].view(5, 3)  # 4 bytes past an aligned start
+    bias = model.bias.data_ptr()
+    assert align_weights(model) == 1
+    assert model.weight.data_ptr() % 64 == 0 and model.bias.data_ptr() == bias
+    assert torch.equal(model.weight, storage[1:].view(5, 3))
 
 
 def test_compact_weights_leave_weights_that_are_not_exact_in_fp32() -> None:
