@@ -38,7 +38,15 @@ def convert_openai_checkpoint(src, dst_folder):
 
 
 def segment_collection(*args, **kwargs):
-    """Run CaR over a FiftyOne collection; see :func:`cliprnn.fiftyone.segment_collection`."""
+    """Deprecated: use :func:`cliprnn.fiftyone.segment_collection` (removed in 0.3)."""
+    import warnings
+
+    warnings.warn(
+        "cliprnn.segment_collection is deprecated and will be removed in cliprnn 0.3: "
+        "use cliprnn.fiftyone.segment_collection (the engine package does not import FiftyOne)",
+        FutureWarning,
+        stacklevel=2,
+    )
     from cliprnn.fiftyone import segment_collection as _segment_collection
 
     return _segment_collection(*args, **kwargs)

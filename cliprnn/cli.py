@@ -1,6 +1,7 @@
-"""Command line: `python -m cliprnn <command>`.
+"""The library's commands of `python -m cliprnn`: segment, convert, presets.
 
-Commands: segment, convert, presets, bench-speed, bench-accuracy, bench-memory.
+The development commands (benchmarks, calibration fits) are added by ``cliprnn.dev.cli``;
+``cliprnn.__main__`` puts the two together.
 """
 
 from __future__ import annotations
@@ -8,38 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-
-def _parse_seeds(text: str) -> range:
-    parts = text.split(":")
-    try:
-        if len(parts) not in (2, 3):
-            raise ValueError
-        return range(*(int(p) for p in parts))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--seeds must look like START:END or START:END:STEP, got {text!r}"
-        ) from None
-
-
-def _parse_ks(text: str) -> list[int]:
-    try:
-        ks = [int(k) for k in text.split(",")]
-    except ValueError:
-        ks = []
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"expected K[,K...] with every K >= 1, got {text!r}")
-    return ks
-
-
-def _cmd_calibrate_exemplars(args: argparse.Namespace) -> int:
-    from cliprnn.bench.exemplars import fit_calibration
-    from cliprnn.config import CaRConfig
-
-    print(json.dumps(fit_calibration(CaRConfig.preset("mini"), k=args.k)))
-    return 0
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -99,86 +70,14 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
-    from cliprnn.bench.accuracy import (
-        DEFAULT_SEEDS,
-        VARIANTS,
-        format_table,
-        run_accuracy_benchmark,
+def build_parser(
+    extra: Callable[[argparse._SubParsersAction], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The argument parser of `python -m cliprnn`; ``extra`` adds more subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cliprnn",
+        description="CLIP as RNN (CaR) open-vocabulary segmentation with frozen CLIP models.",
     )
-    from cliprnn.config import CaRConfig
-
-    if args.video:
-        return _bench_video(args)
-    variants = args.variants.split(",") if args.variants else list(VARIANTS)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        print(f"unknown variants {unknown}; choose from {list(VARIANTS)}", file=sys.stderr)
-        return 2
-    config = CaRConfig.preset("mini", dtype=args.dtype)
-    if args.exemplars:
-        from cliprnn.bench import exemplars
-
-        report = exemplars.run_exemplar_benchmark(
-            args.exemplars, args.seeds or DEFAULT_SEEDS, config, resamples=args.resamples
-        )
-        print(json.dumps(report) if args.json else exemplars.format_table(report))
-        return 0
-    report = run_accuracy_benchmark(
-        args.seeds or DEFAULT_SEEDS, config, variants=variants, resamples=args.resamples
-    )
-    print(json.dumps(report) if args.json else format_table(report))
-    return 0
-
-
-def _bench_video(args: argparse.Namespace) -> int:
-    """bench-accuracy --video: per-frame mIoU and seconds per frame on generated clips."""
-    from cliprnn.bench import video
-    from cliprnn.config import CaRConfig
-
-    modes = args.variants.split(",") if args.variants else list(video.MODES)
-    unknown = [m for m in modes if m not in video.MODES]
-    if unknown:
-        print(f"unknown modes {unknown}; choose from {list(video.MODES)}", file=sys.stderr)
-        return 2
-    seeds = args.seeds or video.clip_seeds(args.clips)
-    config = CaRConfig.preset("mini", dtype=args.dtype)
-    report = video.run_video_benchmark(
-        seeds, args.frames, config, modes=modes, resamples=args.resamples
-    )
-    print(json.dumps(report) if args.json else video.format_table(report))
-    return 0
-
-
-def _cmd_bench_speed(args: argparse.Namespace) -> int:
-    from cliprnn.bench.speed import format_table, run_speed_benchmark
-
-    if args.crf_workers < 0:
-        print("--crf-workers must be >= 0", file=sys.stderr)
-        return 2
-    if args.crf_workers and not args.dataset:
-        print("note: --crf-workers is used by the --dataset run only", file=sys.stderr)
-
-    report = run_speed_benchmark(
-        queries=args.queries, steps=args.steps, dataset=args.dataset, device=args.device,
-        baseline=not args.no_baseline, bf16=args.bf16, crf_workers=args.crf_workers,
-        warm=not args.no_warm, dtype=args.dtype,
-    )  # fmt: skip
-    print(json.dumps(report) if args.json else format_table(report))
-    return 0
-
-
-def _cmd_bench_memory(args: argparse.Namespace) -> int:
-    from cliprnn.bench.memory import format_table, run_memory_benchmark
-
-    rows = run_memory_benchmark(config=args.config)
-    print(json.dumps(rows) if args.json else format_table(rows))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `python -m cliprnn`."""
-    parser = argparse.ArgumentParser(prog="python -m cliprnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment one image for some text queries")
@@ -198,85 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("presets", help="list the named configurations")
     pre.set_defaults(func=_cmd_presets)
-
-    acc = sub.add_parser("bench-accuracy", help="mIoU on generated scenes with the bundled model")
-    acc.add_argument(
-        "--seeds",
-        type=_parse_seeds,
-        help="START:END[:STEP] (default: 240 held-out seeds spread over 10,000,000-34,000,000)",
-    )
-    acc.add_argument(
-        "--variants",
-        help="comma-separated subset of the rows (car,single_step,...); all by default",
-    )
-    acc.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (95 %% CI)")
-    acc.add_argument("--json", action="store_true")
-    acc.add_argument("--dtype", default="float32", help="float32 or bfloat16 (autocast)")
-    acc.add_argument(
-        "--exemplars",
-        type=_parse_ks,
-        metavar="K[,K...]",
-        help="query every class by K exemplar crops from training scenes instead (e.g. 1,3,10), "
-        "beside text, a mixed run and an unseen class",
-    )
-    acc.add_argument(
-        "--video",
-        action="store_true",
-        help="per-frame mIoU and seconds per frame on generated clips written to mp4: every "
-        "frame from scratch, query carrying, frame_step=3 (--variants picks the modes, "
-        "--seeds the clip seeds)",
-    )
-    acc.add_argument("--clips", type=int, default=24, help="with --video: held-out clips")
-    acc.add_argument("--frames", type=int, default=16, help="with --video: frames per clip")
-    acc.set_defaults(func=_cmd_bench_accuracy)
-
-    cal = sub.add_parser(
-        "calibrate-exemplars",
-        help="fit the mini preset's exemplar calibration (a, b) per CLIP on training scenes",
-    )
-    cal.add_argument("--k", type=int, default=3, help="exemplars per class")
-    cal.set_defaults(func=_cmd_calibrate_exemplars)
-
-    spd = sub.add_parser("bench-speed", help="seconds per image at the paper's model sizes")
-    spd.add_argument("--queries", type=int, default=20)
-    spd.add_argument("--steps", type=int, default=2)
-    spd.add_argument("--dataset", type=int, default=0, help="also time N images end to end")
-    spd.add_argument("--device", default="cpu")
-    spd.add_argument(
-        "--dtype", help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on CPU)"
-    )
-    spd.add_argument("--no-baseline", action="store_true", help="skip the unoptimised run")
-    spd.add_argument(
-        "--bf16", action="store_true", help="also time bfloat16 autocast (not output-identical)"
-    )
-    spd.add_argument(
-        "--crf-workers",
-        type=int,
-        default=0,
-        help="with --dataset: also time the N images with each CRF overlapped with the next "
-        "image's model passes on K workers, and check the outputs are identical",
-    )
-    spd.add_argument(
-        "--no-warm",
-        action="store_true",
-        help="skip the second (warm on-disk text cache) run of the first image",
-    )
-    spd.add_argument("--json", action="store_true")
-    spd.set_defaults(func=_cmd_bench_speed)
-
-    mem = sub.add_parser(
-        "bench-memory",
-        help="peak RSS of a FiftyOne run on images at the pixel budget, alone and in a batch",
-    )
-    mem.add_argument("--config", default="mini", help="preset (its max_image_pixels)")
-    mem.add_argument("--json", action="store_true")
-    mem.set_defaults(func=_cmd_bench_memory)
+    if extra is not None:
+        extra(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m cliprnn` and the `cliprnn` script."""
-    args = build_parser().parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None,
+    extra: Callable[[argparse._SubParsersAction], None] | None = None,
+) -> int:
+    """Parse ``argv`` and run its command; a CaRError prints one line and returns 2."""
+    args = build_parser(extra).parse_args(argv)
     from cliprnn.errors import CaRError
 
     try:
@@ -284,7 +115,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

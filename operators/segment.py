@@ -766,7 +766,7 @@ def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> str | None
             label="Instances",
             view=choices_view(types.RadioGroup, INSTANCE_LABELS, INSTANCE_LABELS),
         )
-    from cliprnn import CaRConfig
+    from cliprnn.config import CaRConfig
 
     inputs.int(
         "min_region_pixels",

@@ -128,7 +128,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     import fiftyone as fo
     from PIL import Image
 
-    from cliprnn.scenes import generate_scene
+    from cliprnn.dev.scenes import generate_scene
 
     media = tmp / "media"
     media.mkdir()

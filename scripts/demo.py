@@ -30,7 +30,7 @@ def build_dataset(n: int, size: int, media_dir: Path):
     import fiftyone as fo
     from PIL import Image
 
-    from cliprnn.scenes import CLASSES, generate_scene
+    from cliprnn.dev.scenes import CLASSES, generate_scene
 
     if fo.dataset_exists(DATASET):
         fo.delete_dataset(DATASET)

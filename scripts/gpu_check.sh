@@ -9,7 +9,7 @@
 #      text cache), the float16 one with a 32-image throughput run with and without the CRF
 #      overlap (2 CRF workers);
 #   4. (before 3) trains a tiny miniature CLIP for 30 steps on the device and resumes it
-#      (cliprnn.mini_clip.train). Each step has a time limit; they add up to 10.5 minutes.
+#      (cliprnn.dev.mini_clip.train). Each step has a time limit; they add up to 10.5 minutes.
 # stdout: one JSON line per figure ({"figure": ..., "value": ..., ...}); logs go to stderr.
 #
 #   scripts/gpu_check.sh            the check (needs CUDA)
@@ -107,7 +107,7 @@ BENCH="$(mktemp /tmp/cliprnn-gpu-check-XXXXXX.py)"
 trap 'rm -f "$BENCH"' EXIT
 cat >"$BENCH" <<'EOF'
 import contextlib, json, sys
-from cliprnn.bench.speed import PAPER_ARCHS, run_speed_benchmark
+from cliprnn.dev.bench.speed import PAPER_ARCHS, run_speed_benchmark
 
 mode, dtype, images, baseline = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 tiny = dict(width=64, layers=2, patch_size=16, image_size=32)
@@ -141,9 +141,9 @@ EOF
 TRAIN_OUT="$(mktemp -d /tmp/cliprnn-gpu-train-XXXXXX)"
 TINY=(--width 64 --vision-layers 1 --text-layers 1 --image-size 32 --projection-dim 32
       --batch 16 --steps 30 --log-every 10 --val-seeds none --device "$MODE" --workers 2)
-step train 90 "$PY" -m cliprnn.mini_clip.train "${TINY[@]}" --minutes 1 \
+step train 90 "$PY" -m cliprnn.dev.mini_clip.train "${TINY[@]}" --minutes 1 \
     --checkpoint-minutes 1000 --out "$TRAIN_OUT" --seed 0
-step train_resume 60 "$PY" -m cliprnn.mini_clip.train "${TINY[@]}" --minutes 1 \
+step train_resume 60 "$PY" -m cliprnn.dev.mini_clip.train "${TINY[@]}" --minutes 1 \
     --checkpoint-minutes 1000 --out "$TRAIN_OUT" --seed 0 \
     --init "$TRAIN_OUT/checkpoint" --resume
 

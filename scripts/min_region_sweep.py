@@ -12,9 +12,9 @@ import json
 import numpy as np
 
 from cliprnn import CaR, CaRConfig
-from cliprnn.metrics import ConfusionMatrix
+from cliprnn.dev.metrics import ConfusionMatrix
+from cliprnn.dev.scenes import CLASSES, generate_scene
 from cliprnn.regions import merge_small_regions
-from cliprnn.scenes import CLASSES, generate_scene
 
 SIZES = (0, 4, 8, 16, 32, 64, 128)
 

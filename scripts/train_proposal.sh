@@ -43,7 +43,7 @@ if [ -f "$OUT/checkpoint/train_state.pt" ]; then
     RUN+=(--init "$OUT/checkpoint" --resume)
 else
     if [ ! -f "$INIT/model.safetensors" ]; then
-        "$PY" -m cliprnn.mini_clip.model widen cliprnn/assets/mini_clip/proposal "$INIT" \
+        "$PY" -m cliprnn.dev.mini_clip.model widen cliprnn/assets/mini_clip/proposal "$INIT" \
             --width 128 --noise 0.1
     fi
     RUN+=(--init "$INIT")
@@ -51,8 +51,8 @@ fi
 mkdir -p "$OUT"
 if [ "${1:-}" = --foreground ]; then
     echo $$ >"$OUT/pid"
-    exec "$PY" -m cliprnn.mini_clip.train "${RUN[@]}"
+    exec "$PY" -m cliprnn.dev.mini_clip.train "${RUN[@]}"
 fi
-setsid nohup "$PY" -m cliprnn.mini_clip.train "${RUN[@]}" >>"$OUT/stdout.txt" 2>&1 </dev/null &
+setsid nohup "$PY" -m cliprnn.dev.mini_clip.train "${RUN[@]}" >>"$OUT/stdout.txt" 2>&1 </dev/null &
 echo $! >"$OUT/pid"
-echo "started PID $! ($OUT/train.log): $PY -m cliprnn.mini_clip.train ${RUN[*]}"
+echo "started PID $! ($OUT/train.log): $PY -m cliprnn.dev.mini_clip.train ${RUN[*]}"

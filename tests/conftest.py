@@ -44,7 +44,7 @@ def tmp_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_root: Path) -> Path:
     """A small randomly initialised CLIPModel saved with save_pretrained (plus tokenizer)."""
-    from cliprnn.random_clip import save_random_clip
+    from cliprnn.dev.random_clip import save_random_clip
 
     return save_random_clip(tmp_root / "tiny-clip", width=64, layers=2, patch_size=8,
                             image_size=32, seed=0)  # fmt: skip

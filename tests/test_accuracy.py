@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cliprnn.assets import mini_model_paths
-from cliprnn.bench.accuracy import (
+from cliprnn.dev.bench.accuracy import (
     DEFAULT_SEEDS,
     VARIANTS,
     bootstrap_interval,
@@ -16,7 +16,7 @@ from cliprnn.bench.accuracy import (
     paired_gain_interval,
     run_accuracy_benchmark,
 )
-from cliprnn.mini_clip.train import BENCHMARK_SEED_START, TRAIN_SEED_LIMIT
+from cliprnn.dev.mini_clip.train import BENCHMARK_SEED_START, TRAIN_SEED_LIMIT
 
 shipped = pytest.mark.skipif(
     not all((p / "model.safetensors").exists() for p in mini_model_paths()),
@@ -33,7 +33,7 @@ def _tuned():
 
 def test_mini_preset_uses_the_scene_backgrounds() -> None:
     from cliprnn.config import MINI_PRESET
-    from cliprnn.scenes import STUFF
+    from cliprnn.dev.scenes import STUFF
 
     assert MINI_PRESET["background_words"] == STUFF
 
@@ -78,7 +78,7 @@ def test_format_table_shows_every_row() -> None:
 
 
 def test_per_image_confusions_sum_to_the_split_miou() -> None:
-    from cliprnn.metrics import ConfusionMatrix
+    from cliprnn.dev.metrics import ConfusionMatrix
 
     rng = np.random.default_rng(0)
     whole = ConfusionMatrix(5)
@@ -156,7 +156,7 @@ def test_quick_bounds_fail_when_the_wrong_prompted_image_is_scored(monkeypatch) 
 def test_quick_bounds_fail_for_a_random_classifier(tmp_path) -> None:
     from transformers import CLIPConfig, CLIPModel
 
-    from cliprnn.mini_clip.model import save_clip_folder
+    from cliprnn.dev.mini_clip.model import save_clip_folder
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from cliprnn.bench.speed import drop_schedule, format_table, measure, query_names
+from cliprnn.dev.bench.speed import drop_schedule, format_table, measure, query_names
 from cliprnn.prefetch import prefetch
 
 TINY = dict(width=64, layers=2, patch_size=16, image_size=32)
@@ -110,7 +110,7 @@ def test_measure_reports_stages_and_a_label_map_digest() -> None:
 
 @pytest.mark.slow
 def test_bf16_run_saves_its_label_map_and_reports_agreement(tmp_path) -> None:
-    from cliprnn.bench.speed import run_speed_benchmark
+    from cliprnn.dev.bench.speed import run_speed_benchmark
 
     labels = str(tmp_path / "l.npy")
     out = measure(queries=2, steps=2, device="cpu", optimised=True, repeats=0,
@@ -140,7 +140,7 @@ def test_format_table_lists_the_headline_numbers() -> None:
 
 
 def test_dataset_throughput_over_jpeg_files() -> None:
-    from cliprnn.bench.throughput import dataset_throughput
+    from cliprnn.dev.bench.throughput import dataset_throughput
 
     out = dataset_throughput(2, queries=2, steps=2, archs=(TINY, TINY), fiftyone=False)
     assert out["images"] == 2 and out["failures"] == 0
@@ -149,7 +149,7 @@ def test_dataset_throughput_over_jpeg_files() -> None:
 
 
 def test_dataset_throughput_with_crf_overlap_gives_identical_outputs() -> None:
-    from cliprnn.bench.throughput import dataset_throughput
+    from cliprnn.dev.bench.throughput import dataset_throughput
 
     out = dataset_throughput(
         3, queries=3, steps=2, archs=(TINY, TINY), fiftyone=False, crf_workers=1
@@ -161,7 +161,7 @@ def test_dataset_throughput_with_crf_overlap_gives_identical_outputs() -> None:
 
 @pytest.mark.slow
 def test_first_image_is_reported_cold_and_warm() -> None:
-    from cliprnn.bench.speed import run_speed_benchmark
+    from cliprnn.dev.bench.speed import run_speed_benchmark
 
     report = run_speed_benchmark(queries=3, steps=2, baseline=False, archs=(TINY, TINY))
     cold, warm = report["text_cache_cold"], report["text_cache_warm"]

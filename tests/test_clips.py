@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
-from cliprnn.clips import generate_clip, write_video
+from cliprnn.dev.clips import generate_clip, write_video
+from cliprnn.dev.scenes import CLASSES, STUFF, generate_scene
 from cliprnn.errors import VideoError
-from cliprnn.scenes import CLASSES, STUFF, generate_scene
 
 
 def test_a_clip_is_a_pure_function_of_its_seed() -> None:

@@ -15,8 +15,8 @@ import torch
 from cliprnn import CaR, CaRConfig
 from cliprnn.clip_backend import ClipBackend
 from cliprnn.config import SEMANTIC_TEMPLATES
+from cliprnn.dev.scenes import generate_scene
 from cliprnn.pipeline import segment_stream
-from cliprnn.scenes import generate_scene
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 QUERIES = ["cat", "dog", "car", "tree"]

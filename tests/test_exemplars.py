@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from cliprnn.assets import mini_model_paths
+from cliprnn.dev.scenes import CLASSES, generate_scene
 from cliprnn.errors import ImageError, QueryError
 from cliprnn.exemplars import Exemplars, exemplar_embedding, pixel_box, split_queries
-from cliprnn.scenes import CLASSES, generate_scene
 
 shipped = pytest.mark.skipif(
     not all((p / "model.safetensors").exists() for p in mini_model_paths()),
@@ -130,8 +130,8 @@ def test_embeddings_are_deterministic_normalised_and_cached(mini_car) -> None:
 
 @shipped
 def test_text_and_exemplar_queries_mix_in_one_recurrence(mini_car) -> None:
-    from cliprnn.bench.exemplars import class_exemplars
     from cliprnn.car import EXEMPLARS_CLEAN
+    from cliprnn.dev.bench.exemplars import class_exemplars
 
     exemplars = class_exemplars(3)
     scene = generate_scene(10_000_300)
@@ -156,7 +156,7 @@ KEEP_SCENES = 10  # held-out scenes with the class and as many without it, per c
 def _keep_rates(car, k: int = 3, classes: tuple[str, ...] = KEEP_CLASSES):
     """How often class X's exemplar query (among text queries for the other classes) is kept on
     held-out scenes showing X, and on held-out scenes without X, over ``classes``."""
-    from cliprnn.bench.exemplars import class_exemplars
+    from cliprnn.dev.bench.exemplars import class_exemplars
 
     exemplars = class_exemplars(k)
     shown = [0, 0]
@@ -206,7 +206,7 @@ def test_the_keep_bound_fails_for_random_models(tmp_path) -> None:
 
     from cliprnn.car import CaR
     from cliprnn.config import CaRConfig
-    from cliprnn.mini_clip.model import save_clip_folder
+    from cliprnn.dev.mini_clip.model import save_clip_folder
 
     torch = pytest.importorskip("torch")
     folders = []

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cliprnn.metrics import ConfusionMatrix
+from cliprnn.dev.metrics import ConfusionMatrix
 
 
 def test_hand_computed_miou() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cliprnn.assets import mini_model_paths, tokenizer_dir
-from cliprnn.mini_clip.model import mini_clip_config
+from cliprnn.dev.mini_clip.model import mini_clip_config
 
 SHIPPED = mini_model_paths()
 shipped = pytest.mark.skipif(
@@ -34,7 +34,7 @@ def test_config_is_a_scaled_down_openai_vit_clip() -> None:
 
 
 def test_training_steps_are_seeded(tmp_path: Path) -> None:
-    from cliprnn.mini_clip.train import train
+    from cliprnn.dev.mini_clip.train import train
 
     logs: list[str] = []
     tiny = dict(width=64, vision_layers=1, text_layers=1, image_size=32, projection_dim=32)
@@ -51,8 +51,8 @@ def test_training_steps_are_seeded(tmp_path: Path) -> None:
 
 
 def test_batches_are_seeded_and_label_the_whole_vocabulary() -> None:
-    from cliprnn.mini_clip.train import VOCABULARY, PairBatches
-    from cliprnn.scenes import CLASSES, STUFF
+    from cliprnn.dev.mini_clip.train import VOCABULARY, PairBatches
+    from cliprnn.dev.scenes import CLASSES, STUFF
 
     def first(n: int) -> list[dict]:
         it = iter(PairBatches(3, batch=9, side=32))
@@ -71,8 +71,8 @@ def test_batches_are_seeded_and_label_the_whole_vocabulary() -> None:
 
 
 def test_classifier_mix_keeps_prompted_views_without_generating_pairs() -> None:
-    from cliprnn.mini_clip.train import keeps_pair
-    from cliprnn.scenes import training_pair
+    from cliprnn.dev.mini_clip.train import keeps_pair
+    from cliprnn.dev.scenes import training_pair
 
     seeds = range(200)
     kinds = {s: training_pair(s).kind for s in seeds}
@@ -84,7 +84,7 @@ def test_classifier_mix_keeps_prompted_views_without_generating_pairs() -> None:
 
 
 def test_batches_do_not_depend_on_workers_or_resuming() -> None:
-    from cliprnn.mini_clip.train import PairBatches
+    from cliprnn.dev.mini_clip.train import PairBatches
 
     def first(n: int, workers: int = 0, start: int = 0) -> list[dict]:
         data = PairBatches(5, batch=6, side=32, mix="classifier", start_step=start)
@@ -103,7 +103,7 @@ def test_batches_do_not_depend_on_workers_or_resuming() -> None:
 
 
 def test_resuming_a_checkpoint_continues_the_same_run(tmp_path: Path) -> None:
-    from cliprnn.mini_clip.train import STATE_FILE, train
+    from cliprnn.dev.mini_clip.train import STATE_FILE, train
 
     tiny = dict(width=64, vision_layers=1, text_layers=1, image_size=32, projection_dim=32)
     common = dict(batch=4, lr=1e-3, model_kwargs=tiny, log=lambda _: None, workers=0)
@@ -123,7 +123,7 @@ def test_resuming_a_checkpoint_continues_the_same_run(tmp_path: Path) -> None:
 def test_a_grown_tower_starts_as_the_source_model() -> None:
     from transformers import CLIPModel
 
-    from cliprnn.mini_clip.model import grow_vision_tower
+    from cliprnn.dev.mini_clip.model import grow_vision_tower
 
     torch.manual_seed(0)
     source = CLIPModel(mini_clip_config(vision_layers=2, text_layers=1, image_size=32)).eval()
@@ -146,8 +146,8 @@ def test_a_grown_tower_starts_as_the_source_model() -> None:
 def test_a_widened_tower_has_more_heads_and_the_same_embeddings() -> None:
     from transformers import CLIPModel
 
-    from cliprnn.mini_clip.model import widen_vision_tower
-    from cliprnn.mini_clip.train import image_embeddings
+    from cliprnn.dev.mini_clip.model import widen_vision_tower
+    from cliprnn.dev.mini_clip.train import image_embeddings
 
     torch.manual_seed(0)
     source = CLIPModel(mini_clip_config(vision_layers=2, text_layers=1, image_size=32)).eval()
@@ -171,8 +171,8 @@ def test_a_widened_tower_has_more_heads_and_the_same_embeddings() -> None:
 
 
 def test_prompted_pairs_are_drawn_by_the_inference_drawer() -> None:
-    from cliprnn.mini_clip.train import PairBatches, inference_prompts, to_pixels
-    from cliprnn.scenes import training_pair
+    from cliprnn.dev.mini_clip.train import PairBatches, inference_prompts, to_pixels
+    from cliprnn.dev.scenes import training_pair
 
     calls: list[tuple[str, ...]] = []
 
@@ -198,7 +198,7 @@ def test_prompted_pairs_are_drawn_by_the_inference_drawer() -> None:
 
 
 def test_a_stopped_run_leaves_a_checkpoint_to_resume(tmp_path: Path) -> None:
-    from cliprnn.mini_clip.train import STATE_FILE, STOP, train
+    from cliprnn.dev.mini_clip.train import STATE_FILE, STOP, train
 
     tiny = dict(width=64, vision_layers=1, text_layers=1, image_size=32, projection_dim=32)
 
@@ -217,7 +217,7 @@ def test_a_stopped_run_leaves_a_checkpoint_to_resume(tmp_path: Path) -> None:
 
 
 def test_cpu_autocast_dtype_trains_and_validation_keeps_the_best(tmp_path: Path) -> None:
-    from cliprnn.mini_clip.train import STATE_FILE, autocast_dtype, train, validate
+    from cliprnn.dev.mini_clip.train import STATE_FILE, autocast_dtype, train, validate
 
     assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert autocast_dtype("float32", torch.device("cpu")) is None
@@ -242,7 +242,7 @@ def test_cpu_autocast_dtype_trains_and_validation_keeps_the_best(tmp_path: Path)
 
 
 def test_bank_loss_prefers_the_labelled_text() -> None:
-    from cliprnn.mini_clip.train import bank_loss
+    from cliprnn.dev.mini_clip.train import bank_loss
 
     bank = torch.eye(3)
     targets = torch.tensor([[0.0, 1.0, 0.0]])
@@ -306,7 +306,7 @@ def test_mini_preset_points_at_the_shipped_folders() -> None:
 
 @shipped
 def test_shipped_model_reads_visual_prompts() -> None:
-    from cliprnn.mini_clip.evaluate import prompt_classification
+    from cliprnn.dev.mini_clip.evaluate import prompt_classification
 
     # 24 classes: chance is ~4 %; the shipped model gets 47 % (30 scenes), far above it
     metrics = prompt_classification(SHIPPED[1], range(990_000, 990_030))

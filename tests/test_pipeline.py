@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from cliprnn import CaR, CaRConfig
+from cliprnn.dev.scenes import generate_scene
 from cliprnn.errors import ImageError
 from cliprnn.pipeline import CrfProcessPool, segment_stream
 from cliprnn.postprocess import dense_crf
-from cliprnn.scenes import generate_scene
 
 QUERIES = ["cat", "dog", "car", "tree"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cliprnn.config import BACKGROUND_WORDS
-from cliprnn.scenes import (
+from cliprnn.dev.scenes import (
     CLASSES,
     COLOURS,
     STUFF,

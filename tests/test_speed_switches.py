@@ -24,10 +24,10 @@ import torch
 from torch.nn.utils import parametrize
 
 from cliprnn import CaR, CaRConfig
-from cliprnn.bench.speed import SPEED_SWITCHES
 from cliprnn.compact import _Upcast, align_weights, compact_weights, exact_storage_dtype
-from cliprnn.random_clip import random_clip_model
-from cliprnn.scenes import generate_scene
+from cliprnn.dev.bench.speed import SPEED_SWITCHES
+from cliprnn.dev.random_clip import random_clip_model
+from cliprnn.dev.scenes import generate_scene
 
 QUERIES = ["cat", "dog", "car", "tree", "boat"]
 # A forced schedule makes every configuration walk the same three steps (4 -> 2 -> 2 queries).
@@ -48,7 +48,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def fp16_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny_clip_dir model, its weights rounded to fp16 values (as OpenAI released CLIP)."""
-    from cliprnn.random_clip import save_random_clip
+    from cliprnn.dev.random_clip import save_random_clip
 
     folder = tmp_path_factory.mktemp("fp16-clip")
     return save_random_clip(folder, **TINY, seed=0, fp16_values=True)

@@ -161,7 +161,7 @@ def test_damaged_entry_is_recomputed_and_rewritten(
 
 
 def test_key_changes_with_the_weights(tiny_clip_dir: Path, tmp_path: Path) -> None:
-    from cliprnn.random_clip import save_random_clip
+    from cliprnn.dev.random_clip import save_random_clip
 
     other = save_random_clip(tmp_path / "other", width=64, layers=2, patch_size=8, image_size=32,
                              seed=1)  # fmt: skip
@@ -253,7 +253,7 @@ def test_cache_folder_from_config_value(monkeypatch, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- through CaR
 def test_a_second_engine_starts_warm_with_the_same_output(tiny_clip_dir: Path, tmp_path: Path):
-    from cliprnn.scenes import generate_scene
+    from cliprnn.dev.scenes import generate_scene
 
     image = generate_scene(5, size=(40, 48)).image
     config = CaRConfig.preset(

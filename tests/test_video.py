@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliprnn.clips import Clip, generate_clip, write_video
+from cliprnn.dev.clips import Clip, generate_clip, write_video
+from cliprnn.dev.scenes import CLASSES
 from cliprnn.errors import ImageError, VideoError
-from cliprnn.scenes import CLASSES
 from cliprnn.video import probe_video, read_ahead, read_frames, segment_video
 
 
@@ -232,7 +232,7 @@ def test_video_settings_are_validated() -> None:
 
 @pytest.mark.slow
 def test_the_video_benchmark_scores_every_mode(car) -> None:
-    from cliprnn.bench.video import (
+    from cliprnn.dev.bench.video import (
         benchmark_clip,
         first_after_cut,
         format_table,

@@ -43,7 +43,7 @@ def get_car(config: CaRConfig, load: bool = True) -> Any:
 
     ``load=True`` loads the models now, so a bad model name fails before any sample is touched.
     """
-    from cliprnn import CaR
+    from cliprnn.car import CaR
 
     key = config.replace(**LABEL_ONLY)
     with _lock:

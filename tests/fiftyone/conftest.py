@@ -59,7 +59,7 @@ def scene_files(tmp_root: Path) -> list[Path]:
     """Six generated 48×64 scenes saved as PNG (the images a dataset points at)."""
     from PIL import Image
 
-    from cliprnn.scenes import generate_scene
+    from cliprnn.dev.scenes import generate_scene
 
     folder = tmp_root / "fo-scenes"
     folder.mkdir(exist_ok=True)
@@ -101,7 +101,7 @@ def _scenes_dataset(folder: Path, seeds, size: tuple[int, int], name: str):
     import numpy as np
     from PIL import Image
 
-    from cliprnn.scenes import CLASSES, generate_scene
+    from cliprnn.dev.scenes import CLASSES, generate_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     samples = []

@@ -42,7 +42,7 @@ def annot_dataset(tmp_root: Path):
     second sample the largest detection keeps its mask on disk (``mask_path``)."""
     from PIL import Image
 
-    from cliprnn.scenes import CLASSES, generate_scene
+    from cliprnn.dev.scenes import CLASSES, generate_scene
 
     folder = tmp_root / "annot-scenes"
     folder.mkdir(exist_ok=True)

@@ -77,7 +77,7 @@ def _form(base: str, ds, params: dict, selected: list[str] | None = None) -> dic
 def test_form_prefills_classes_and_flags_existing_field(app_server, app_dataset) -> None:
     form = _form(app_server, app_dataset, {"classes_from": "mask_targets:ground_truth"})
     props = form["type"]["properties"]
-    from cliprnn.scenes import CLASSES
+    from cliprnn.dev.scenes import CLASSES
 
     assert props["classes"]["default"] == list(CLASSES)
     assert "query_text" in props and "preset" in props and "view_target" in props

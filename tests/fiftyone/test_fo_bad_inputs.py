@@ -86,7 +86,7 @@ def test_mask_and_heatmap_files_follow_the_umask(make_dataset, tiny_config, tmp_
 def test_an_image_over_the_pixel_budget_fails_alone_and_named(make_dataset, tiny_config, tmp_path):
     import fiftyone as fo
 
-    from cliprnn.bench.memory import bomb_png
+    from cliprnn.dev.bench.memory import bomb_png
 
     bomb = tmp_path / "bomb.png"
     bomb_png(bomb, 8000, 8000)  # 64 Mpx: over the budget, under Pillow's own bomb limit
@@ -102,7 +102,7 @@ def test_an_image_over_the_pixel_budget_fails_alone_and_named(make_dataset, tiny
 
 def test_an_over_budget_file_is_refused_from_its_header_without_decoding(tmp_path):
     """In a fresh process: refusing a 400 Mpx gray PNG (400 MB decoded) costs < 50 MB."""
-    from cliprnn.bench.memory import bomb_png
+    from cliprnn.dev.bench.memory import bomb_png
 
     bomb = tmp_path / "bomb.png"
     bomb_png(bomb, 20_000, 20_000)

@@ -47,7 +47,7 @@ def integrity_dataset(tmp_root: Path):
     side), its scores and its editable instances 'car_det'."""
     from PIL import Image
 
-    from cliprnn.scenes import generate_scene
+    from cliprnn.dev.scenes import generate_scene
 
     folder = tmp_root / "integrity-scenes"
     folder.mkdir(exist_ok=True)

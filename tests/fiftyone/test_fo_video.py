@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from fiftyone import ViewField as F
 
-from cliprnn.clips import generate_clip, write_video
+from cliprnn.dev.clips import generate_clip, write_video
+from cliprnn.dev.scenes import CLASSES
 from cliprnn.errors import ConfigError
 from cliprnn.fiftyone import SampleError, SegmentationRun, run_info, segment_collection
 from cliprnn.fiftyone.engine import get_car, resolve_config
 from cliprnn.fiftyone.video import VideoSegmentationRun
-from cliprnn.scenes import CLASSES
 from cliprnn.video import read_frames, segment_video
 
 pytestmark = pytest.mark.fiftyone

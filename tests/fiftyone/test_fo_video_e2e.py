@@ -15,7 +15,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
-from cliprnn.clips import generate_clip
+from cliprnn.dev.clips import generate_clip
 from cliprnn.video import read_frames
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fiftyone, pytest.mark.slow]

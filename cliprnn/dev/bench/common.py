@@ -1,7 +1,7 @@
 """What bench-speed and the throughput benchmark share: models, image, queries, schedule.
 
-Imports point one way: ``cliprnn.bench.speed`` imports ``cliprnn.bench.throughput`` and this
-module; ``cliprnn.bench.throughput`` imports only this module.
+Imports point one way: ``cliprnn.dev.bench.speed`` imports ``cliprnn.dev.bench.throughput`` and this
+module; ``cliprnn.dev.bench.throughput`` imports only this module.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def drop_schedule(queries: int, steps: int) -> list[int]:
 def bench_image(seed: int = 0) -> np.ndarray:
     """A 500×375 generated scene (or seeded noise if the scene generator is unavailable)."""
     try:
-        from cliprnn.scenes import generate_scene
+        from cliprnn.dev.scenes import generate_scene
 
         return generate_scene(seed, size=IMAGE_HW).image
     except ImportError:
@@ -76,7 +76,7 @@ def build_car(
     from cliprnn.assets import tokenizer_dir
     from cliprnn.car import CaR
     from cliprnn.clip_backend import ClipBackend, resolve_device
-    from cliprnn.random_clip import random_clip_model
+    from cliprnn.dev.random_clip import random_clip_model
 
     names = arch_names(archs)
     switches = dict.fromkeys(SPEED_SWITCHES, optimised)

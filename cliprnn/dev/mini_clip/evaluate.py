@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cliprnn.config import SEMANTIC_TEMPLATES
-from cliprnn.scenes import CLASSES, generate_scene
+from cliprnn.dev.scenes import CLASSES, generate_scene
 
 
 def prompt_classification(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cliprnn.bench.common import PAPER_ARCHS, bench_image, build_car, drop_schedule, query_names
+from cliprnn.dev.bench.common import PAPER_ARCHS, bench_image, build_car, drop_schedule, query_names
 from cliprnn.prefetch import prefetch
 
 

@@ -1,6 +1,6 @@
 """Video benchmark: CaR on generated clips, every frame from scratch versus query carrying.
 
-Each clip (:func:`cliprnn.clips.generate_clip`, held-out seeds) is written to an H.264 mp4
+Each clip (:func:`cliprnn.dev.clips.generate_clip`, held-out seeds) is written to an H.264 mp4
 and read back through :func:`cliprnn.video.segment_video`, so frames are the decoded ones and
 the timings include decoding. Every frame is queried with the whole class list. Modes:
 
@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from cliprnn.bench.accuracy import BOOTSTRAP, SplitScore, describe_seeds, paired_gain_interval
-from cliprnn.clips import DEFAULT_FRAMES, Clip, generate_clip
 from cliprnn.config import CaRConfig
-from cliprnn.scenes import CLASSES, DEFAULT_SIZE
+from cliprnn.dev.bench.accuracy import BOOTSTRAP, SplitScore, describe_seeds, paired_gain_interval
+from cliprnn.dev.clips import DEFAULT_FRAMES, Clip, generate_clip
+from cliprnn.dev.scenes import CLASSES, DEFAULT_SIZE
 
 
 def clip_seeds(clips: int) -> range:

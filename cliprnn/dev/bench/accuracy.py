@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cliprnn.config import CaRConfig
-from cliprnn.scenes import CLASSES, DEFAULT_SIZE, generate_scene
+from cliprnn.dev.scenes import CLASSES, DEFAULT_SIZE, generate_scene
 
 #: Held out from training (training pairs use seeds below 1,000,000): 240 seeds spread evenly
 #: over 10,000,000-33,999,999, so no stretch of consecutive seeds decides the result.

@@ -1,6 +1,6 @@
 """Grid search of the mini preset's CaR settings on training seeds (never the benchmark's).
 
-Run: ``python -m cliprnn.mini_clip.tune --seeds 999000:999016 --out tune.jsonl`` (the shipped
+Run: ``python -m cliprnn.dev.mini_clip.tune --seeds 999000:999016 --out tune.jsonl`` (the shipped
 proposal and classifier models; ``--proposal``/``--classifier`` for others, or one MODEL_DIR for
 both). Each line of the output is one setting with its mIoU (95 % bootstrap interval) and
 drop/keep rates.
@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 from cliprnn.assets import mini_model_paths
-from cliprnn.bench.accuracy import run_accuracy_benchmark
 from cliprnn.config import CaRConfig
-from cliprnn.mini_clip.train import TRAIN_SEED_LIMIT
-from cliprnn.scenes import STUFF
+from cliprnn.dev.bench.accuracy import run_accuracy_benchmark
+from cliprnn.dev.mini_clip.train import TRAIN_SEED_LIMIT
+from cliprnn.dev.scenes import STUFF
 
 GRID: dict[str, list] = {
     "cam_layer": [-1, -2, -3],

@@ -16,16 +16,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cliprnn.bench.accuracy import (
+from cliprnn.config import CaRConfig
+from cliprnn.dev.bench.accuracy import (
     BOOTSTRAP,
     DEFAULT_SEEDS,
     SplitScore,
     describe_seeds,
     share_models,
 )
-from cliprnn.config import CaRConfig
-from cliprnn.exemplars import Exemplars
-from cliprnn.scenes import (
+from cliprnn.dev.scenes import (
     CLASSES,
     DEFAULT_SIZE,
     Scene,
@@ -33,6 +32,7 @@ from cliprnn.scenes import (
     _visible_bbox,
     generate_scene,
 )
+from cliprnn.exemplars import Exemplars
 
 #: Training seeds the exemplar crops are taken from (first objects of each class, in order).
 EXEMPLAR_SEEDS = range(500_000, 560_000)

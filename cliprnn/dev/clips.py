@@ -1,11 +1,11 @@
 """Short synthetic clips with exact per-frame labels, and writing frames to a video file.
 
 A clip is one or two *shots*. In a shot the background (one stuff kind of
-:mod:`cliprnn.scenes`) stays still while 1-4 thing objects slide across it: some stay in
+:mod:`cliprnn.dev.scenes`) stays still while 1-4 thing objects slide across it: some stay in
 view the whole time, some enter through an edge, some leave through one. A clip with
 ``cut_at=k`` changes shot at frame ``k`` (another background, other objects): a scene cut at a
 known frame. Every clip is a pure function of its arguments; label maps are exact (0 =
-background, i + 1 = ``CLASSES[i]``, as in :class:`cliprnn.scenes.Scene`).
+background, i + 1 = ``CLASSES[i]``, as in :class:`cliprnn.dev.scenes.Scene`).
 
 :func:`write_video` encodes frames to a file a browser plays: H.264 (yuv420p, ``faststart``)
 in ``.mp4`` / ``.mkv`` / ``.ts``, VP9 (yuv420p) in ``.webm``.
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cliprnn.errors import VideoError
-from cliprnn.scenes import (
+from cliprnn.dev.scenes import (
     CLASSES,
     DEFAULT_SIZE,
     STUFF,
@@ -30,6 +29,7 @@ from cliprnn.scenes import (
     _stuff_image,
     _texture,
 )
+from cliprnn.errors import VideoError
 
 DEFAULT_FRAMES = 16
 DEFAULT_FPS = 8.0

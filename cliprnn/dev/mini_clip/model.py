@@ -172,7 +172,7 @@ def widen_vision_tower(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m cliprnn.mini_clip.model grow SRC DST --vision-layers 6 --image-size 96``
+    """CLI: ``python -m cliprnn.dev.mini_clip.model grow SRC DST --vision-layers 6 --image-size 96``
     or ``... widen SRC DST --width 128`` (more heads in the image tower)."""
     import argparse
 

@@ -1,6 +1,6 @@
 """Contrastive image-text training of the miniature CLIP on generated scenes.
 
-Run: ``python -m cliprnn.mini_clip.train --seed 0 --steps 5000 --out DIR`` (or ``--minutes M``
+Run: ``python -m cliprnn.dev.mini_clip.train --seed 0 --steps 5000 --out DIR`` (or ``--minutes M``
 for a wall-time budget); ``--role classifier`` with a larger ``--width``/``--image-size`` trains
 the classifier model. ``--init DIR/checkpoint --resume`` continues a stopped run.
 Only image-text pairs are used (no mask supervision); prompted views are drawn by the engine's
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
-from cliprnn.mini_clip.model import CLIP_MEAN, CLIP_STD, mini_clip_config, save_clip_folder
-from cliprnn.scenes import (
+from cliprnn.dev.mini_clip.model import CLIP_MEAN, CLIP_STD, mini_clip_config, save_clip_folder
+from cliprnn.dev.scenes import (
     CAPTION_TEMPLATES,
     CLASSES,
     STUFF,
@@ -333,13 +333,13 @@ def validate(folder: Path, role: str, seeds: range) -> dict[str, float]:
         raise ValueError("validate on training seeds only (below 1,000,000)")
     if role == "classifier":
         from cliprnn.config import MINI_PRESET
-        from cliprnn.mini_clip.evaluate import prompt_classification
+        from cliprnn.dev.mini_clip.evaluate import prompt_classification
 
         out = prompt_classification(folder, seeds, MINI_PRESET["visual_prompts"])
         return {"score": 100 * out["prompted_top1"], **out}
     from cliprnn.assets import mini_model_paths
-    from cliprnn.bench.accuracy import run_accuracy_benchmark
     from cliprnn.config import CaRConfig
+    from cliprnn.dev.bench.accuracy import run_accuracy_benchmark
 
     config = CaRConfig.preset(
         "mini",

@@ -19,7 +19,7 @@ def budget_image(path: Path, pixels: int, seed: int) -> tuple[int, int]:
     """Write a generated scene scaled up to at most ``pixels`` pixels (5:4) as a PNG."""
     from PIL import Image
 
-    from cliprnn.scenes import generate_scene
+    from cliprnn.dev.scenes import generate_scene
 
     height = int((pixels * 4 / 5) ** 0.5)
     width = pixels // height
@@ -90,7 +90,7 @@ def run_memory_benchmark(config: str = "mini", cases=CASES) -> list[dict[str, An
     rows = []
     for kind, images, batch_size in cases:
         out = subprocess.run(
-            [sys.executable, "-m", "cliprnn.bench.memory", kind, str(images), str(batch_size),
+            [sys.executable, "-m", "cliprnn.dev.bench.memory", kind, str(images), str(batch_size),
              config],
             capture_output=True, text=True, check=True,
         )  # fmt: skip

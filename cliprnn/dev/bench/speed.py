@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cliprnn.bench.common import (
+from cliprnn.dev.bench.common import (
     IMAGE_HW,
     PAPER_ARCHS,
     SPEED_SWITCHES,
@@ -37,7 +37,7 @@ from cliprnn.bench.common import (
     drop_schedule,
     query_names,
 )
-from cliprnn.bench.throughput import dataset_throughput
+from cliprnn.dev.bench.throughput import dataset_throughput
 
 __all__ = [
     "IMAGE_HW",
@@ -123,7 +123,7 @@ def _threads() -> int:
 
 def _measure_in_subprocess(**kwargs: Any) -> dict[str, Any]:
     code = (
-        "import json,sys; from cliprnn.bench.speed import measure; "
+        "import json,sys; from cliprnn.dev.bench.speed import measure; "
         f"print('@@' + json.dumps(measure(**{kwargs!r})))"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -1,7 +1,7 @@
 """Training-step speed of the CPU paths, measured interleaved so a shared machine's load hits
 every configuration alike.
 
-Run: ``python -m cliprnn.mini_clip.speed MODEL_DIR --rounds 4``. Each configuration trains its
+Run: ``python -m cliprnn.dev.mini_clip.speed MODEL_DIR --rounds 4``. Each configuration trains its
 own copy of the model (same start, same batches in the same order) with ``train_step``; the
 rounds alternate between configurations, one step each, and the median seconds per step and per
 pair are reported, with each configuration's losses against the first's (a dtype that trains
@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from cliprnn.mini_clip.train import (
+from cliprnn.dev.mini_clip.train import (
     HEADS,
     PairBatches,
     TextCache,
