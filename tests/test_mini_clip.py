@@ -171,28 +171,30 @@ def test_a_widened_tower_has_more_heads_and_the_same_embeddings() -> None:
 
 
 def test_prompted_pairs_are_drawn_by_the_inference_drawer() -> None:
-    from cliprnn.dev.mini_clip.train import PairBatches, inference_prompts, to_pixels
+    from cliprnn.dev.mini_clip.train import PairBatches, to_pixels
     from cliprnn.dev.scenes import training_pair
+    from cliprnn.visual_prompts import apply_visual_prompts
 
     calls: list[tuple[str, ...]] = []
 
     def recording(image, mask, prompts):
         calls.append(tuple(prompts))
-        return inference_prompts(image, mask, prompts)
+        return apply_visual_prompts(image, mask.astype(np.float32), tuple(prompts), 0.5)
 
     seeds = range(60)
-    old = [training_pair(s) for s in seeds]
-    new = [training_pair(s, draw=recording) for s in seeds]
-    prompted = [i for i, p in enumerate(old) if p.kind == "prompt"]
+    default = [training_pair(s) for s in seeds]
+    recorded = [training_pair(s, draw=recording) for s in seeds]
+    prompted = [i for i, p in enumerate(default) if p.kind == "prompt"]
     assert len(calls) == len(prompted) > 10
-    # the same pairs (captions, labels), only the prompts' drawing differs (ellipse, thickness)
-    assert [(p.caption, p.labels) for p in old] == [(p.caption, p.labels) for p in new]
-    assert any(not np.array_equal(old[i].image, new[i].image) for i in prompted)
-    # what the training batches hold is the inference drawer's image
+    # by default prompted views are CaR's own drawing: the very pixels the classifier sees
+    for a, b in zip(default, recorded, strict=True):
+        assert (a.caption, a.labels) == (b.caption, b.labels)
+        np.testing.assert_array_equal(a.image, b.image)
+    # what the training batches hold is that drawing
     batch = next(iter(PairBatches(11, batch=6, side=32, hires_every=0)))
     rng = np.random.default_rng(11)
     first = int(rng.integers(0, 1_000_000))
-    pairs = [training_pair(s, draw=inference_prompts) for s in range(first, first + 6)]
+    pairs = [training_pair(s) for s in range(first, first + 6)]
     assert batch["captions"] == [p.caption for p in pairs]
     torch.testing.assert_close(batch["pixels"], to_pixels([p.image for p in pairs], 32))
 

@@ -15,8 +15,8 @@ from cliprnn.dev.scenes import (
     THINGS,
     describe,
     generate_scene,
+    prompted_view,
     training_pair,
-    visual_prompt,
 )
 
 
@@ -105,13 +105,13 @@ def test_visual_prompts_change_only_the_outside() -> None:
     scene = generate_scene(7)
     obj = scene.objects[0]
     mask = scene.mask(obj.class_index)
-    blurred = visual_prompt(scene.image, mask, ("blur",))
+    blurred = prompted_view(scene.image, mask, ("blur",))
     assert np.array_equal(blurred[mask], scene.image[mask])
     assert not np.array_equal(blurred[~mask], scene.image[~mask])
-    gray = visual_prompt(scene.image, mask, ("gray",))
+    gray = prompted_view(scene.image, mask, ("gray",))
     outside = gray[~mask].astype(int)
     assert np.all(outside[:, 0] == outside[:, 1]) and np.all(outside[:, 1] == outside[:, 2])
-    circled = visual_prompt(scene.image, mask, ("circle",), thickness=2)
+    circled = prompted_view(scene.image, mask, ("circle",))
     red = np.all(circled == (255, 0, 0), axis=-1)
     assert red.sum() > 20 and not np.all(scene.image == (255, 0, 0), axis=-1).any()
 

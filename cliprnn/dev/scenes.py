@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from cliprnn.config import SEMANTIC_TEMPLATES
+from cliprnn.visual_prompts import apply_visual_prompts
+
 #: RGB colours of the thing classes.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -362,22 +365,13 @@ def generate_scene(
 # --------------------------------------------------------------------------------------------
 # training pairs for contrastive image-text learning
 
-#: Caption templates: CaR's classifier and CAM templates plus plain variants.
+#: Caption templates: plain variants, then eleven of CaR's classifier templates in the order
+#: the miniature CLIPs were trained with them.
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "{}",
     "a {}",
     "a {}.",
-    "a photo of a {}.",
-    "a clean origami {}.",
-    "This is a photo of a {}",
-    "There is a {} in the scene",
-    "There is the {} in the scene",
-    "a photo of a {} in the scene",
-    "a photo of a small {}.",
-    "a photo of a medium {}.",
-    "a photo of a large {}.",
-    "This is a photo of a small {}.",
-    "There is a large {} in the scene.",
+    *(SEMANTIC_TEMPLATES[i] for i in (1, 0, 2, 3, 4, 5, 6, 7, 8, 9, 14)),
 )
 STUFF_TEMPLATES: tuple[str, ...] = (
     "{}",
@@ -389,25 +383,9 @@ STUFF_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def visual_prompt(
-    image: np.ndarray, mask: np.ndarray, prompts: Sequence[str], thickness: int = 1
-) -> np.ndarray:
-    """Draw CaR's visual prompts (blur, gray, circle) for one binary mask, in CaR's order."""
-    out = image.copy()
-    inside = mask.astype(bool)
-    if "blur" in prompts:
-        blurred = cv2.GaussianBlur(out, (15, 15), 0)
-        out = np.where(inside[..., None], out, blurred)
-    if "gray" in prompts:
-        gray = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)[..., None].repeat(3, axis=2)
-        out = np.where(inside[..., None], out, gray)
-    if "circle" in prompts and inside.any():
-        ys, xs = np.nonzero(inside)
-        centre = (int(xs.mean()), int(ys.mean()))
-        axes = ((int(xs.max()) - int(xs.min())) // 2, (int(ys.max()) - int(ys.min())) // 2)
-        out = np.ascontiguousarray(out)
-        cv2.ellipse(out, centre, axes, 0, 0, 360, (255, 0, 0), thickness)
-    return out
+def prompted_view(image: np.ndarray, mask: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+    """``prompts`` drawn for a binary ``mask`` exactly as CaR draws them for a proposal."""
+    return apply_visual_prompts(image, mask.astype(np.float32), tuple(prompts), 0.5)
 
 
 def _perturb_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -484,7 +462,7 @@ def training_pair(
 
     Prompted views (blur/gray outside one object, a red ellipse around it) carry that object's
     caption, so a model learns to read CaR's visual prompts. ``draw(image, mask, prompts)`` draws
-    them (default: ``visual_prompt`` with a random line thickness of 1-3).
+    them (default: ``prompted_view``, CaR's own drawing).
     """
     rng = np.random.default_rng([seed, 7])
     r = rng.random()
@@ -542,11 +520,8 @@ def training_pair(
         4: ("gray",),
         5: ("blur", "gray", "circle"),
     }[int(rng.choice(6, p=[0.25, 0.35, 0.1, 0.15, 0.05, 0.1]))]
-    thickness = int(rng.integers(1, 4))  # drawn either way: the caption below stays the same
-    if draw is None:
-        image = visual_prompt(scene.image, mask, prompts, thickness=thickness)
-    else:
-        image = draw(scene.image, mask, prompts)
+    rng.integers(1, 4)  # a retired line thickness, still drawn so each seed keeps its caption
+    image = (draw or prompted_view)(scene.image, mask, prompts)
     templates = CAPTION_TEMPLATES if key == name else STUFF_TEMPLATES
     caption = str(rng.choice(templates)).format(name)
     return TrainingPair(image, caption, key, "prompt", (name,))

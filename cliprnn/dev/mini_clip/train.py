@@ -37,7 +37,6 @@ from cliprnn.dev.scenes import (
     STUFF_TEMPLATES,
     training_pair,
 )
-from cliprnn.visual_prompts import apply_visual_prompts
 
 #: Training pairs use seeds below this; benchmarks use seeds from BENCHMARK_SEED_START.
 TRAIN_SEED_LIMIT = 1_000_000
@@ -58,11 +57,6 @@ def bilinear_pos_encoding(embeddings: torch.nn.Module):
         return torch.cat([pos[:1].unsqueeze(0), patch], dim=1)
 
     return interpolate
-
-
-def inference_prompts(image: np.ndarray, mask: np.ndarray, prompts) -> np.ndarray:
-    """``prompts`` drawn for a binary ``mask`` exactly as CaR draws them for a proposal."""
-    return apply_visual_prompts(image, mask.astype(np.float32), tuple(prompts), 0.5)
 
 
 def to_pixels(images: list[np.ndarray], side: int) -> torch.Tensor:
@@ -225,7 +219,7 @@ class PairBatches(torch.utils.data.IterableDataset):
             step += 1
             if not mine:
                 continue
-            pairs = [training_pair(s, draw=inference_prompts) for s in seeds]
+            pairs = [training_pair(s) for s in seeds]
             targets = torch.zeros(n, len(VOCABULARY))
             for row, pair in enumerate(pairs):
                 for label in pair.labels:
