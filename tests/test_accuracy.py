@@ -16,7 +16,7 @@ from cliprnn.dev.bench.accuracy import (
     paired_gain_interval,
     run_accuracy_benchmark,
 )
-from cliprnn.dev.mini_clip.train import BENCHMARK_SEED_START, TRAIN_SEED_LIMIT
+from cliprnn.dev.mini_clip.data import BENCHMARK_SEED_START, TRAIN_SEED_LIMIT
 
 shipped = pytest.mark.skipif(
     not all((p / "model.safetensors").exists() for p in mini_model_paths()),

@@ -51,7 +51,7 @@ def test_training_steps_are_seeded(tmp_path: Path) -> None:
 
 
 def test_batches_are_seeded_and_label_the_whole_vocabulary() -> None:
-    from cliprnn.dev.mini_clip.train import VOCABULARY, PairBatches
+    from cliprnn.dev.mini_clip.data import VOCABULARY, PairBatches
     from cliprnn.dev.scenes import CLASSES, STUFF
 
     def first(n: int) -> list[dict]:
@@ -71,7 +71,7 @@ def test_batches_are_seeded_and_label_the_whole_vocabulary() -> None:
 
 
 def test_classifier_mix_keeps_prompted_views_without_generating_pairs() -> None:
-    from cliprnn.dev.mini_clip.train import keeps_pair
+    from cliprnn.dev.mini_clip.data import keeps_pair
     from cliprnn.dev.scenes import training_pair
 
     seeds = range(200)
@@ -84,7 +84,7 @@ def test_classifier_mix_keeps_prompted_views_without_generating_pairs() -> None:
 
 
 def test_batches_do_not_depend_on_workers_or_resuming() -> None:
-    from cliprnn.dev.mini_clip.train import PairBatches
+    from cliprnn.dev.mini_clip.data import PairBatches
 
     def first(n: int, workers: int = 0, start: int = 0) -> list[dict]:
         data = PairBatches(5, batch=6, side=32, mix="classifier", start_step=start)
@@ -146,8 +146,8 @@ def test_a_grown_tower_starts_as_the_source_model() -> None:
 def test_a_widened_tower_has_more_heads_and_the_same_embeddings() -> None:
     from transformers import CLIPModel
 
+    from cliprnn.dev.mini_clip.losses import image_embeddings
     from cliprnn.dev.mini_clip.model import widen_vision_tower
-    from cliprnn.dev.mini_clip.train import image_embeddings
 
     torch.manual_seed(0)
     source = CLIPModel(mini_clip_config(vision_layers=2, text_layers=1, image_size=32)).eval()
@@ -171,7 +171,7 @@ def test_a_widened_tower_has_more_heads_and_the_same_embeddings() -> None:
 
 
 def test_prompted_pairs_are_drawn_by_the_inference_drawer() -> None:
-    from cliprnn.dev.mini_clip.train import PairBatches, to_pixels
+    from cliprnn.dev.mini_clip.data import PairBatches, to_pixels
     from cliprnn.dev.scenes import training_pair
     from cliprnn.visual_prompts import apply_visual_prompts
 
@@ -244,7 +244,7 @@ def test_cpu_autocast_dtype_trains_and_validation_keeps_the_best(tmp_path: Path)
 
 
 def test_bank_loss_prefers_the_labelled_text() -> None:
-    from cliprnn.dev.mini_clip.train import bank_loss
+    from cliprnn.dev.mini_clip.losses import bank_loss
 
     bank = torch.eye(3)
     targets = torch.tensor([[0.0, 1.0, 0.0]])

@@ -21,14 +21,9 @@ from contextlib import nullcontext
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from cliprnn.dev.mini_clip.train import (
-    HEADS,
-    PairBatches,
-    TextCache,
-    bilinear_pos_encoding,
-    make_optimizer,
-    train_step,
-)
+from cliprnn.dev.mini_clip.data import PairBatches, TextCache
+from cliprnn.dev.mini_clip.losses import HEADS
+from cliprnn.dev.mini_clip.train import bilinear_pos_encoding, make_optimizer, train_step
 
 #: name -> (threads, autocast dtype or None, channels_last, compile, batch multiple)
 CONFIGS: dict[str, tuple[int, torch.dtype | None, bool, bool, int]] = {

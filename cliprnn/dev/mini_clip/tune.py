@@ -16,7 +16,7 @@ from pathlib import Path
 from cliprnn.assets import mini_model_paths
 from cliprnn.config import CaRConfig
 from cliprnn.dev.bench.accuracy import run_accuracy_benchmark
-from cliprnn.dev.mini_clip.train import TRAIN_SEED_LIMIT
+from cliprnn.dev.mini_clip.data import TRAIN_SEED_LIMIT
 from cliprnn.dev.scenes import STUFF
 
 GRID: dict[str, list] = {
