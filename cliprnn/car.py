@@ -95,6 +95,8 @@ class CaR:
         car = CaR(CaRConfig.preset("voc"))
         result = car.segment("dog.jpg", ["dog", "person", "sofa"])
         result.label_map  # 0 = background, i + 1 = result.queries[i]
+        for result in car.segment_many(paths, ["dog", "person"]):  # in order, CRFs overlapped
+            ...
     """
 
     def __init__(self, config: ConfigLike = None, **overrides: Any) -> None:
