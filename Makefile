@@ -31,9 +31,11 @@ test: install lint
 test-fast: install
 	$(PY) -m pytest -m "not slow and not e2e"
 
+# mypy's files and per-module strictness: [tool.mypy] in pyproject.toml
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
 
 format: install
 	$(VENV)/bin/ruff check --fix .

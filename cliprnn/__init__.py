@@ -5,8 +5,11 @@ made of example images), :func:`convert_openai_checkpoint`.
 The FiftyOne layer lives in :mod:`cliprnn.fiftyone` (imported only on demand).
 """
 
+from pathlib import Path
+from typing import Any
+
 from cliprnn.car import CaR
-from cliprnn.config import PRESETS, CaRConfig
+from cliprnn.config import DEFAULT_PRESET, PRESETS, CaRConfig
 from cliprnn.errors import CaRError, ConfigError, ImageError, ModelLoadError, QueryError
 from cliprnn.exemplars import Exemplars
 from cliprnn.result import CaRResult, StepTrace
@@ -14,6 +17,7 @@ from cliprnn.result import CaRResult, StepTrace
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_PRESET",
     "PRESETS",
     "CaR",
     "CaRConfig",
@@ -30,14 +34,14 @@ __all__ = [
 ]
 
 
-def convert_openai_checkpoint(src, dst_folder):
+def convert_openai_checkpoint(src: str | Path, dst_folder: str | Path) -> Path:
     """Convert an OpenAI-layout CLIP state dict into a Hugging Face CLIPModel folder."""
     from cliprnn.convert import convert_openai_checkpoint as _convert
 
     return _convert(src, dst_folder)
 
 
-def segment_collection(*args, **kwargs):
+def segment_collection(*args: Any, **kwargs: Any) -> Any:
     """Deprecated: use :func:`cliprnn.fiftyone.segment_collection` (removed in 0.3)."""
     import warnings
 

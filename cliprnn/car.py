@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+import PIL.Image
 
-from cliprnn.config import CaRConfig
-from cliprnn.errors import ConfigError, QueryError
+from cliprnn.config import CaRConfig, ConfigLike
+from cliprnn.errors import CaRError, ConfigError, ImageError, QueryError
+from cliprnn.exemplars import Exemplars
 from cliprnn.result import CaRResult, StepTrace
 from cliprnn.timing import timed
 
 if TYPE_CHECKING:
+    from cliprnn.classifier import MaskClassifier
+    from cliprnn.clip_backend import ClipBackend
     from cliprnn.postprocess import CrfFunction
+    from cliprnn.proposals import ProposalGenerator
+    from cliprnn.queries import NormalizedQueries
+    from cliprnn.sam_refine import SamRefiner
 
-ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray
-Query = Any  # str | cliprnn.exemplars.Exemplars
+#: An input image: a file path, a PIL image, or an array (H×W, H×W×1, H×W×3 or H×W×4).
+ImageLike: TypeAlias = str | os.PathLike[str] | PIL.Image.Image | np.ndarray
+#: A query: a text, or example images of the thing (:class:`cliprnn.Exemplars`).
+Query: TypeAlias = str | Exemplars
 
 #: Said when exemplar queries switch a faithful configuration to clean mode.
 EXEMPLARS_CLEAN = (
@@ -29,6 +41,17 @@ EXEMPLARS_CLEAN = (
 
 #: Above this many queries a uint8 label map cannot hold every class.
 MAX_QUERIES = 65535
+
+#: Configuration fields that choose the CLIP models or are fixed in them when they load:
+#: engines sharing models (:meth:`CaR.sharing_models`) agree on all of them.
+MODEL_FIELDS: tuple[str, ...] = (
+    "proposal_model", "classifier_model", "device", "dtype", "compact_weights", "cache_text",
+    "group_templates", "text_cache_dir",
+)  # fmt: skip
+#: The SAM refiner's fields: engines share a SAM only when they agree on all of them.
+SAM_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(CaRConfig) if f.name.startswith("sam_")
+)
 
 
 @dataclass
@@ -72,28 +95,24 @@ class CaR:
         car = CaR(CaRConfig.preset("voc"))
         result = car.segment("dog.jpg", ["dog", "person", "sofa"])
         result.label_map  # 0 = background, i + 1 = result.queries[i]
+        for result in car.segment_many(paths, ["dog", "person"]):  # in order, CRFs overlapped
+            ...
     """
 
-    def __init__(self, config: CaRConfig | str | None = None, **overrides: Any) -> None:
-        if config is None:
-            config = CaRConfig().replace(**overrides) if overrides else CaRConfig()
-        elif isinstance(config, str):
-            config = CaRConfig.preset(config, **overrides)
-        elif isinstance(config, CaRConfig):
-            config = config.replace(**overrides) if overrides else config
-        else:
-            raise ConfigError(f"config must be a CaRConfig or a preset name, got {type(config)}")
-        self.config = config
-        self._proposal_backend = None
-        self._classifier_backend = None
-        self._proposals = None
-        self._classifier = None
-        self._sam = None
+    def __init__(self, config: ConfigLike = None, **overrides: Any) -> None:
+        """``config`` and ``overrides`` as :meth:`CaRConfig.resolve` takes them: a CaRConfig,
+        a preset name, a dict of field values, or None for the default preset ("voc")."""
+        self.config: CaRConfig = CaRConfig.resolve(config, **overrides)
+        self._proposal_backend: ClipBackend | None = None
+        self._classifier_backend: ClipBackend | None = None
+        self._proposals: ProposalGenerator | None = None
+        self._classifier: MaskClassifier | None = None
+        self._sam: SamRefiner | None = None
         self._sam_lock = threading.Lock()  # finish() may run on several threads
         self._twin: CaR | None = None  # clean-mode twin for exemplar queries (faithful config)
-        #: Benchmarks only: keep the first ``forced_schedule[step]`` live queries at each step
-        #: instead of thresholding (random weights make the real schedule arbitrary).
-        self.forced_schedule: list[int] | None = None
+        # Benchmarks and tests only (set_forced_schedule): keep the first ``schedule[step]``
+        # live queries at each step instead of thresholding.
+        self._forced_schedule: list[int] | None = None
 
     # ------------------------------------------------------------------ models
     @property
@@ -104,7 +123,7 @@ class CaR:
         return str(resolve_device(self.config.device))
 
     @property
-    def proposal_backend(self) -> Any:
+    def proposal_backend(self) -> ClipBackend:
         """The proposal generator's CLIP (loaded on first access)."""
         if self._proposal_backend is None:
             from cliprnn.clip_backend import ClipBackend
@@ -113,7 +132,7 @@ class CaR:
         return self._proposal_backend
 
     @property
-    def classifier_backend(self) -> Any:
+    def classifier_backend(self) -> ClipBackend:
         """The mask classifier's CLIP (shared with the proposal CLIP when both name one model)."""
         if self._classifier_backend is None:
             if _same_model(self.config.classifier_model, self.config.proposal_model):
@@ -125,7 +144,8 @@ class CaR:
         return self._classifier_backend
 
     @property
-    def proposal_generator(self) -> Any:
+    def proposal_generator(self) -> ProposalGenerator:
+        """The proposal stage (Grad-CAM and the CLIP-ES refinement) on the proposal CLIP."""
         if self._proposals is None:
             from cliprnn.proposals import ProposalGenerator
 
@@ -139,7 +159,8 @@ class CaR:
         return self._proposals
 
     @property
-    def classifier(self) -> Any:
+    def classifier(self) -> MaskClassifier:
+        """The mask classifier scoring visually prompted images on the classifier CLIP."""
         if self._classifier is None:
             from cliprnn.classifier import MaskClassifier
 
@@ -147,22 +168,46 @@ class CaR:
         return self._classifier
 
     @property
-    def sam(self) -> Any:
+    def sam(self) -> SamRefiner | None:
+        """The SAM refiner (loaded on first access), or None without ``config.sam_checkpoint``."""
         if self._sam is None and self.config.sam_checkpoint:
             from cliprnn.sam_refine import SamRefiner
 
             self._sam = SamRefiner.from_config(self.config, device=self.device)
         return self._sam
 
+    def sharing_models(self, **config_overrides: Any) -> CaR:
+        """A new engine whose configuration is this one's with ``config_overrides``, running on
+        this engine's CLIP models (loaded now if they are not yet) instead of loading its own.
+
+        Thresholds, prompts, steps, mode, CRF, ``faithful`` and the other settings outside
+        :data:`MODEL_FIELDS` may change; an override that changes one of ``MODEL_FIELDS`` raises
+        ConfigError naming it. The SAM refiner is shared when the ``sam_*`` settings agree;
+        otherwise the new engine loads its own when first needed. The shared CLIPs keep what
+        was fixed when they loaded: under ``faithful=False`` over a faithful engine's CLIPs,
+        position embeddings stay rounded to fp16 as in faithful mode (as in :meth:`clean_twin`).
+        Text embeddings cached by either engine serve both.
+        """
+        config = self.config.replace(**config_overrides) if config_overrides else self.config
+        changed = [f for f in MODEL_FIELDS if getattr(config, f) != getattr(self.config, f)]
+        if changed:
+            raise ConfigError(
+                f"sharing_models cannot change {changed}: they choose the loaded CLIP models; "
+                "build a new CaR for other models"
+            )
+        twin = CaR(config)
+        twin._proposal_backend = self.proposal_backend
+        twin._classifier_backend = self.classifier_backend
+        if all(getattr(config, f) == getattr(self.config, f) for f in SAM_FIELDS):
+            twin._sam = self.sam
+            twin._sam_lock = self._sam_lock
+        return twin
+
     def clean_twin(self) -> CaR:
         """This CaR in clean mode, sharing its models: it runs calls with exemplar queries."""
         if self._twin is None:
-            twin = CaR(self.config.replace(faithful=False))
-            twin._proposal_backend = self.proposal_backend
-            twin._classifier_backend = self.classifier_backend
-            twin._sam = self.sam
-            self._twin = twin
-        self._twin.forced_schedule = self.forced_schedule
+            self._twin = self.sharing_models(faithful=False)
+        self._twin._forced_schedule = self._forced_schedule
         return self._twin
 
     def load(self) -> CaR:
@@ -195,10 +240,54 @@ class CaR:
         (default 1024) are downscaled for inference; the label map and masks are returned at
         the input's full resolution.
 
-        The same as ``finish(prepare(image, queries, ...))``; ``cliprnn.pipeline.segment_stream``
-        runs the two halves of consecutive images side by side.
+        The same as ``finish(prepare(image, queries, ...))``; :meth:`segment_many` runs the two
+        halves of consecutive images side by side.
         """
         return self.finish(self.prepare(image, queries, stuff=stuff, trace=trace))
+
+    def segment_many(
+        self,
+        images: Iterable[ImageLike],
+        queries: Sequence[Query],
+        *,
+        stuff: Sequence[str] | None = None,
+        trace: bool = False,
+    ) -> Iterator[CaRResult]:
+        """Segment every image of ``images`` for the same ``queries``; yields in input order.
+
+        Each result equals ``segment(image, queries, stuff=stuff, trace=trace)``. With
+        ``config.crf_workers`` above 0, an image's CRF runs in a worker while the next image goes
+        through the models (at most ``crf_workers + 1`` images in flight); with 0, images run
+        one after the other. ``images`` is read lazily, so it may be a generator.
+
+        Queries are checked before any image is read (QueryError). An image that fails ends
+        the iteration, after the results of every image before it, with an exception naming
+        it as ``images[i] (path or size)``: cliprnn's own errors (ImageError, ModelLoadError,
+        ...) are raised again as the same class with that name before the message, the
+        original as their cause; other exceptions are raised as they are, with the name added
+        as a note. Closing the iterator early cancels the images not yet started. To carry on
+        past failing images, :func:`cliprnn.pipeline.segment_stream` yields each image's
+        exception in its place.
+        """
+        from cliprnn.exemplars import split_queries
+        from cliprnn.pipeline import segment_stream
+
+        self._normalize(split_queries(queries)[0])  # a bad query list fails before any image
+
+        def items() -> Iterator[tuple[tuple[int, str], ImageLike | BaseException]]:
+            for i, image in enumerate(images):
+                key = (i, _describe(image))
+                if isinstance(image, BaseException):  # segment_stream's "already failed" form
+                    yield key, ImageError(f"not an image: {type(image).__name__}")
+                else:
+                    yield key, image
+
+        stream = segment_stream(self, items(), lambda _key: queries, stuff=stuff, trace=trace)
+        with contextlib.closing(stream):
+            for (i, what), value in stream:
+                if isinstance(value, BaseException):
+                    raise _naming_image(value, f"images[{i}] ({what})")
+                yield value
 
     def prepare(
         self,
@@ -327,7 +416,7 @@ class CaR:
                 label_map = _resize_labels(label_map, (height, width))
                 masks = resize_masks_nearest(masks, (height, width))
                 soft = resize_soft(soft, (height, width))
-        has_pixels = masks.reshape(len(names), -1).any(axis=1)
+        has_pixels: np.ndarray = np.asarray(masks.reshape(len(names), -1).any(axis=1))
         scores = final_scores(scores, has_pixels, faithful=self.config.faithful)
         kept = [q for q, s, p in zip(names, scores, has_pixels, strict=True) if s > 0 and p]
         return CaRResult(
@@ -344,7 +433,7 @@ class CaR:
         )
 
     # ------------------------------------------------------------------ stages
-    def _normalize(self, queries: Sequence[Any]) -> Any:
+    def _normalize(self, queries: Sequence[Any]) -> NormalizedQueries:
         from cliprnn.queries import normalize_queries
 
         tokenizer = self.proposal_backend.tokenizer if self._proposal_backend else None
@@ -414,8 +503,8 @@ class CaR:
                 )
             diag = np.diag(score_matrix).astype(np.float32)
             kept_local = [int(j) for j in keep_decisions(diag, cfg.confidence_threshold)]
-            if self.forced_schedule is not None:
-                keep = self.forced_schedule[min(step, len(self.forced_schedule) - 1)]
+            if self._forced_schedule is not None:
+                keep = self._forced_schedule[min(step, len(self._forced_schedule) - 1)]
                 kept_local = list(range(max(1, min(keep, len(live)))))
             if trace:
                 extras = {**extras, **cls_extras, "prompted_images": np.stack(prompted)}
@@ -476,7 +565,7 @@ class CaR:
         trace: bool,
         exemplars: Mapping[str, Any] | None = None,
         timings: dict[str, float] | None = None,
-    ) -> tuple[np.ndarray, dict]:
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         cam_texts = self._cam_texts(names, step)
         timings = {} if timings is None else timings
         if self.config.mode == "semantic":
@@ -497,7 +586,7 @@ class CaR:
         for _, out_extras in outs:
             for stage, seconds in out_extras.pop("timings", {}).items():
                 stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
-        extras: dict = {"timings": stage_seconds}
+        extras: dict[str, Any] = {"timings": stage_seconds}
         if trace:
             for key in outs[0][1]:
                 values = [e[key] for _, e in outs]
@@ -551,6 +640,44 @@ class CaR:
         return label_map
 
 
+def set_forced_schedule(car: CaR, schedule: Sequence[int] | None) -> None:
+    """Benchmarks and tests only: make ``car`` keep the first ``schedule[step]`` live queries at
+    each recurrent step (the last entry for later steps; at least one) instead of thresholding
+    the classifier scores; None restores thresholding.
+
+    Randomly initialised CLIPs make the real schedule arbitrary; this fixes how many steps run
+    and how many queries each one drops. Exemplar calls under a faithful configuration follow
+    it too (:meth:`CaR.clean_twin`).
+    """
+    car._forced_schedule = None if schedule is None else [int(k) for k in schedule]
+
+
+def _describe(image: object) -> str:
+    """A short name of an input image for error messages."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fsdecode(image)
+    if isinstance(image, PIL.Image.Image):
+        return f"PIL image {image.width}×{image.height}"
+    if isinstance(image, np.ndarray):
+        return f"array {'×'.join(str(n) for n in image.shape)}"
+    return type(image).__name__
+
+
+def _naming_image(exc: BaseException, name: str) -> BaseException:
+    """``exc`` reported for the image ``name`` (see :meth:`CaR.segment_many`)."""
+    if isinstance(exc, CaRError):
+        try:
+            named = type(exc)(f"{name}: {exc}")
+        except TypeError:  # a subclass with another constructor
+            pass
+        else:
+            named.__cause__ = exc
+            return named
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(f"while segmenting {name}")
+    return exc
+
+
 def final_scores(scores: np.ndarray, has_pixels: np.ndarray, *, faithful: bool) -> np.ndarray:
     """Per-query scores after post-processing (float32 [Q]).
 
@@ -559,7 +686,7 @@ def final_scores(scores: np.ndarray, has_pixels: np.ndarray, *, faithful: bool) 
     exists but is empty (as the reference does); clean mode gives every survivor without a
     pixel the score 0.
     """
-    out = np.asarray(scores, dtype=np.float32).copy()
+    out: np.ndarray = np.asarray(scores, dtype=np.float32).copy()
     if not faithful:
         out[~np.asarray(has_pixels, dtype=bool)] = 0.0
     return out
@@ -569,7 +696,8 @@ def _resize_labels(label_map: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     import cv2
 
     src = label_map.astype(np.int32, copy=False)  # nearest-neighbour keeps every int32 value
-    return cv2.resize(src, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    resized: np.ndarray = cv2.resize(src, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return resized
 
 
 def _same_model(a: str, b: str) -> bool:

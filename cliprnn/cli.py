@@ -12,15 +12,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cliprnn.config import DEFAULT_PRESET, CaRConfig
 
-def _config_from_args(args: argparse.Namespace):
-    from cliprnn.config import CaRConfig
 
+def _config_from_args(args: argparse.Namespace) -> CaRConfig:
     overrides = {}
     for name in ("proposal_model", "classifier_model", "device"):
         if getattr(args, name, None):
             overrides[name] = getattr(args, name)
-    return CaRConfig.preset(args.preset, **overrides)
+    return CaRConfig.resolve(args.preset, **overrides)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from cliprnn.config import PRESETS, CaRConfig
+    from cliprnn.config import PRESETS
 
     for name in sorted(PRESETS):
         try:
@@ -71,7 +71,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser(
-    extra: Callable[[argparse._SubParsersAction], None] | None = None,
+    extra: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None,
 ) -> argparse.ArgumentParser:
     """The argument parser of `python -m cliprnn`; ``extra`` adds more subcommands."""
     parser = argparse.ArgumentParser(
@@ -83,7 +83,12 @@ def build_parser(
     seg = sub.add_parser("segment", help="segment one image for some text queries")
     seg.add_argument("image", type=Path)
     seg.add_argument("queries", nargs="+")
-    seg.add_argument("--preset", default="mini", help="voc, coco_object, context, fast, mini, ...")
+    seg.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"voc, coco_object, context, fast, mini, ... (default: {DEFAULT_PRESET}, the paper's "
+        "configuration with OpenAI's CLIPs from the hub; mini: the bundled CLIPs, offline)",
+    )
     seg.add_argument("--proposal-model", dest="proposal_model")
     seg.add_argument("--classifier-model", dest="classifier_model")
     seg.add_argument("--device")
@@ -104,7 +109,7 @@ def build_parser(
 
 def main(
     argv: Sequence[str] | None = None,
-    extra: Callable[[argparse._SubParsersAction], None] | None = None,
+    extra: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None,
 ) -> int:
     """Parse ``argv`` and run its command; a CaRError prints one line and returns 2."""
     args = build_parser(extra).parse_args(argv)

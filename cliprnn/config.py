@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from cliprnn.errors import ConfigError
 
@@ -305,6 +306,41 @@ class CaRConfig:
             raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
         return cls().replace(**{**PRESETS[name](), **overrides})
 
+    @classmethod
+    def resolve(cls, config: ConfigLike = None, **overrides: Any) -> CaRConfig:
+        """The validated configuration a ``config`` argument and field ``overrides`` stand for.
+
+        ``config`` is one of:
+
+        - ``None``: the :data:`DEFAULT_PRESET` (``"voc"``);
+        - a preset name (see :data:`PRESETS`);
+        - a ``CaRConfig``, returned as it is when there are no overrides;
+        - a mapping of field values with an optional ``"preset"`` key (the preset they
+          change; missing or ``None``: the default preset), as ``to_dict`` writes them.
+
+        ``overrides`` are field values applied last, over the preset and the mapping. ``None``
+        is a value like any other (``max_image_side=None`` lifts the cap), never "not given".
+        Raises ConfigError for an unknown preset, an unknown field or a value out of range,
+        and for a ``config`` of any other type. ``CaR(config, **overrides)``, the command line
+        and the FiftyOne layer all build their configuration here.
+        """
+        if config is None:
+            config = DEFAULT_PRESET
+        if isinstance(config, CaRConfig):
+            return config.replace(**overrides) if overrides else config
+        if isinstance(config, str):
+            return cls.preset(config, **overrides)
+        if isinstance(config, Mapping):
+            fields = dict(config)
+            preset = fields.pop("preset", None) or DEFAULT_PRESET
+            if not isinstance(preset, str):
+                raise ConfigError(f"the config's preset must be a preset name, got {preset!r}")
+            return cls.preset(preset, **{**fields, **overrides})
+        raise ConfigError(
+            "config must be a CaRConfig, a preset name, a dict of field values or None, "
+            f"got {type(config).__name__}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field (for provenance records)."""
         out = dataclasses.asdict(self)
@@ -332,7 +368,8 @@ MINI_PRESET: dict[str, Any] = dict(
 )  # fmt: skip
 
 #: Named presets: the paper's datasets, a fast one, referring, and the bundled mini model.
-PRESETS: dict[str, Any] = {
+#: Each is a function returning the field values it sets over the ``CaRConfig()`` defaults.
+PRESETS: dict[str, Callable[[], dict[str, Any]]] = {
     "voc": lambda: dict(
         mask_threshold=0.4, confidence_threshold=0.6, clipes_threshold=0.4,
         visual_prompts=("circle", "blur"),
@@ -358,3 +395,14 @@ PRESETS: dict[str, Any] = {
     ),
     "mini": _mini_preset,
 }  # fmt: skip
+
+#: The configuration ``CaR()``, ``CaRConfig.resolve(None)``, ``python -m cliprnn segment`` and
+#: the FiftyOne layer use when none is named: the paper's Pascal VOC configuration with OpenAI's
+#: CLIPs from the Hugging Face hub (ViT-B/16 proposals, ViT-L/14 classifier), which is also what
+#: ``CaRConfig()`` holds. It is the configuration the paper reports and the one meant for real
+#: photographs; the bundled ``"mini"`` CLIPs run offline but know only generated scenes
+#: (docs/mini_clip.md), so they are chosen by name.
+DEFAULT_PRESET = "voc"
+
+#: What a ``config`` argument may be (see :meth:`CaRConfig.resolve`).
+ConfigLike: TypeAlias = CaRConfig | str | Mapping[str, Any] | None

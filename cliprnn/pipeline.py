@@ -24,24 +24,59 @@ import queue
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeAlias, TypeVar, cast
 
 import numpy as np
 
-from cliprnn.postprocess import CRF_FIELDS, dense_crf
+from cliprnn.config import CaRConfig
+from cliprnn.postprocess import CRF_FIELDS, CrfFunction, dense_crf
+from cliprnn.result import CaRResult
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
+P = TypeVar("P")
 
-QueriesFor = Sequence[str] | Callable[[Any], Sequence[str]]
+#: One query list (text queries or ``Exemplars``) for every image, or a function of an item's
+#: key giving that image's list.
+QueriesFor: TypeAlias = Sequence[Any] | Callable[[Any], Sequence[Any]]
+
+
+class Segmenter(Protocol[P]):
+    """What :func:`segment_stream` drives: :class:`cliprnn.CaR` (``P`` is its ``PreparedImage``).
+
+    ``segment(...)`` must equal ``finish(prepare(...))``; ``finish`` must be safe to call from
+    another thread while ``prepare`` runs.
+    """
+
+    config: CaRConfig
+
+    def segment(
+        self,
+        image: Any,
+        queries: Sequence[Any],
+        *,
+        stuff: Sequence[str] | None = ...,
+        trace: bool = ...,
+    ) -> CaRResult: ...
+
+    def prepare(
+        self,
+        image: Any,
+        queries: Sequence[Any],
+        *,
+        stuff: Sequence[str] | None = ...,
+        trace: bool = ...,
+    ) -> P: ...
+
+    def finish(self, prepared: P, *, crf_fn: CrfFunction | None = ...) -> CaRResult: ...
 
 
 def segment_stream(
-    car: Any,
+    car: Segmenter[Any],
     items: Iterable[tuple[K, Any]],
     queries_for: QueriesFor,
     crf_workers: int | None = None,
@@ -50,7 +85,7 @@ def segment_stream(
     trace: bool = False,
     post: Callable[[K, Any], Any] | None = None,
     crf_processes: bool = True,
-) -> Iterator[tuple[K, Any]]:
+) -> Generator[tuple[K, Any], None, None]:
     """Segment a stream of images, overlapping each image's CRF with the next one's models.
 
     ``items`` yields ``(key, image)`` pairs, where an image is anything ``CaR.segment`` takes or
@@ -107,15 +142,15 @@ def segment_stream(
         while pending:
             yield _pop(pending)
     finally:
-        for _, job in pending:
-            if isinstance(job, Future):
-                job.cancel()
+        for _, waiting in pending:
+            if isinstance(waiting, Future):
+                waiting.cancel()
         pool.shutdown(wait=True)
         if crf is not None:
             crf.close()
 
 
-def _queries_function(queries_for: QueriesFor) -> Callable[[Any], Sequence[str]]:
+def _queries_function(queries_for: QueriesFor) -> Callable[[Any], Sequence[Any]]:
     if callable(queries_for):
         return queries_for
     if isinstance(queries_for, str):
@@ -124,7 +159,13 @@ def _queries_function(queries_for: QueriesFor) -> Callable[[Any], Sequence[str]]
     return lambda _key: fixed
 
 
-def _finish(car: Any, key: Any, prepared: Any, crf: Any, post: Any) -> Any:
+def _finish(
+    car: Segmenter[P],
+    key: K,
+    prepared: P,
+    crf: CrfFunction | None,
+    post: Callable[[K, CaRResult], Any] | None,
+) -> Any:
     result = car.finish(prepared, crf_fn=crf)
     return post(key, result) if post is not None else result
 
@@ -146,7 +187,8 @@ def _pop(pending: deque[tuple[Any, Future[Any] | BaseException]]) -> tuple[Any, 
 # ---------------------------------------------------------------------- CRF in processes
 def crf_job(image_u8: np.ndarray, probs: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     """``dense_crf`` with the CRF settings as a plain dict (what a worker process receives)."""
-    return dense_crf(image_u8, probs, SimpleNamespace(**params))
+    settings: Any = SimpleNamespace(**params)  # dense_crf reads only the CRF_FIELDS
+    return dense_crf(image_u8, probs, settings)
 
 
 class CrfProcessPool:
@@ -184,8 +226,8 @@ class CrfProcessPool:
             worker = self._idle.get()
             try:
                 assert worker.stdin is not None and worker.stdout is not None
-                write_message(worker.stdin, (image_u8, probs, params))
-                status, value = read_message(worker.stdout)
+                write_message(cast(BinaryIO, worker.stdin), (image_u8, probs, params))
+                status, value = read_message(cast(BinaryIO, worker.stdout))
             except (OSError, EOFError, pickle.UnpicklingError) as exc:
                 worker.kill()
                 self._fall_back(exc)

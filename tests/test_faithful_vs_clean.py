@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cliprnn import CaR, CaRConfig
-from cliprnn.car import final_scores
+from cliprnn.car import final_scores, set_forced_schedule
 from cliprnn.classifier import MaskClassifier
 from cliprnn.clip_backend import ClipBackend
 from cliprnn.postprocess import crf_image, crf_masks
@@ -48,7 +48,7 @@ def scripted(cars: dict[bool, CaR]) -> Iterator[dict[bool, CaR]]:
     """The module's engines, with any forced schedule or patched method undone afterwards."""
     yield cars
     for car in cars.values():
-        car.forced_schedule = None
+        set_forced_schedule(car, None)
         car.__dict__.pop("_postprocess", None)
         car.classifier.__dict__.pop("score", None)
 
@@ -158,7 +158,7 @@ def test_scoring_double_softmax_vs_single_softmax_over_ensemble() -> None:
 def test_cam_texts_raw_then_templated_vs_templated_throughout(scripted) -> None:
     queries = ["cat", "dog", "bird"]
     for faithful, car in scripted.items():
-        car.forced_schedule = [2, 2]  # drop "bird" in step 0, so both modes run two steps
+        set_forced_schedule(car, [2, 2])  # drop "bird" in step 0, so both modes run two steps
         result = car.segment(_image(24, 24), queries, trace=True)
         texts = [step.extras["cam_texts"] for step in result.trace]
         origami = [f"a clean origami {q}." for q in queries]
@@ -360,7 +360,7 @@ def test_final_scores_empty_middle_survivor() -> None:
 
 def test_engine_empty_middle_survivor_keeps_score_only_when_faithful(scripted) -> None:
     for faithful, car in scripted.items():
-        car.forced_schedule = [3, 3]  # all three survive
+        set_forced_schedule(car, [3, 3])  # all three survive
         real = type(car)._postprocess
 
         def postprocess(image, proposals, bg_factor, crf_fn=None, _car=car, _real=real):

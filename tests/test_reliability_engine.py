@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from cliprnn import CaR, CaRConfig
-from cliprnn.car import _resize_labels
+from cliprnn.car import _resize_labels, set_forced_schedule
 from cliprnn.errors import ConfigError, ImageError, ModelLoadError, QueryError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def _config(model: Path, **kw: object) -> CaRConfig:
 def car(tiny_clip_dir: Path) -> Iterator[CaR]:
     engine = CaR(_config(tiny_clip_dir)).load()
     yield engine
-    engine.forced_schedule = None
+    set_forced_schedule(engine, None)
 
 
 def _scene(h: int = 24, w: int = 40, seed: int = 0) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from cliprnn import CaR, CaRConfig
+from cliprnn.car import set_forced_schedule
 from cliprnn.compact import _Upcast, align_weights, compact_weights, exact_storage_dtype
 from cliprnn.dev.bench.speed import SPEED_SWITCHES
 from cliprnn.dev.random_clip import random_clip_model
@@ -70,7 +71,7 @@ def _run(
     car = CaR(config)
     counts = _count_work(car)
     if forced:
-        car.forced_schedule = SCHEDULE
+        set_forced_schedule(car, SCHEDULE)
     result = car.segment(image, QUERIES, trace=True)
     return result, counts, car
 
@@ -178,7 +179,7 @@ def test_text_cache_embeds_each_string_once_across_images(fp16_clip_dir, image) 
     )  # fmt: skip
     car = CaR(config)
     counts = _count_work(car)
-    car.forced_schedule = SCHEDULE
+    set_forced_schedule(car, SCHEDULE)
     car.segment(image, QUERIES)
     first = counts["texts"]
     car.segment(image[::-1].copy(), QUERIES)

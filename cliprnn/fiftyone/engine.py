@@ -4,41 +4,31 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cliprnn.config import CaRConfig
-from cliprnn.errors import ConfigError
+from cliprnn.config import DEFAULT_PRESET, CaRConfig, ConfigLike
 
-DEFAULT_PRESET = "voc"
+if TYPE_CHECKING:
+    from cliprnn.car import CaR
+
+__all__ = ["DEFAULT_PRESET", "LABEL_ONLY", "clear_cache", "get_car", "resolve_config"]
+
 _CACHE_SIZE = 2
-_cache: OrderedDict[CaRConfig, Any] = OrderedDict()
+_cache: OrderedDict[CaRConfig, CaR] = OrderedDict()
 _lock = threading.Lock()
 #: Config fields only the labels written to FiftyOne depend on, not the engine: configs that
 #: differ only in them share one loaded engine.
 LABEL_ONLY = {"min_region_pixels": 0}
 
 
-def resolve_config(
-    config: CaRConfig | str | Mapping[str, Any] | None = None, **overrides: Any
-) -> CaRConfig:
-    """A validated CaRConfig from a config, a preset name, or a dict with an optional
-    ``"preset"`` key plus field values; ``overrides`` whose value is None are ignored."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if config is None:
-        config = DEFAULT_PRESET
-    if isinstance(config, CaRConfig):
-        return config.replace(**overrides) if overrides else config
-    if isinstance(config, str):
-        return CaRConfig.preset(config, **overrides)
-    if isinstance(config, Mapping):
-        fields = dict(config)
-        preset = fields.pop("preset", None) or DEFAULT_PRESET
-        return CaRConfig.preset(preset, **{**fields, **overrides})
-    raise ConfigError(f"config must be a CaRConfig, a preset name or a dict, got {config!r}")
+def resolve_config(config: ConfigLike = None, **overrides: Any) -> CaRConfig:
+    """:meth:`CaRConfig.resolve` for the FiftyOne layer: an override whose value is None is
+    left out, as an operator's form field left empty (so ``None`` cannot set a field here;
+    pass it in ``config`` instead). ``DEFAULT_PRESET`` is the library's."""
+    return CaRConfig.resolve(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def get_car(config: CaRConfig, load: bool = True) -> Any:
+def get_car(config: CaRConfig, load: bool = True) -> CaR:
     """A CaR engine for ``config``, loaded once and reused by later runs in this process.
 
     ``load=True`` loads the models now, so a bad model name fails before any sample is touched.

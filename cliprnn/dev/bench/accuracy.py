@@ -40,12 +40,6 @@ ORACLE_VARIANTS = frozenset({"oracle_queries"})
 BOOTSTRAP = 1000
 
 
-def share_models(target: Any, source: Any) -> None:
-    """Let ``target`` reuse ``source``'s loaded CLIPs (same weights, other thresholds)."""
-    target._proposal_backend = source.proposal_backend
-    target._classifier_backend = source.classifier_backend
-
-
 def miou_of(matrix: np.ndarray, missed: np.ndarray) -> float:
     """mIoU (fraction) of a confusion matrix as ConfusionMatrix.miou computes it."""
     m = matrix.astype(np.float64)
@@ -197,9 +191,10 @@ def run_accuracy_benchmark(
     names = [v for v in VARIANTS if v in set(variants)]
     cars: dict[str, Any] = {}
     for name in names:
-        cars[name] = CaR(config.replace(**VARIANTS[name]))
-        if len(cars) > 1:
-            share_models(cars[name], cars[names[0]])
+        if cars:  # every variant runs on the first one's CLIPs (same weights, other settings)
+            cars[name] = cars[names[0]].sharing_models(**VARIANTS[name])
+        else:
+            cars[name] = CaR(config.replace(**VARIANTS[name]))
     scores = {name: SplitScore(len(seeds), ("background", *CLASSES)) for name in names}
     for k, seed in enumerate(seeds):
         scene = generate_scene(seed, size)

@@ -22,7 +22,6 @@ from cliprnn.dev.bench.accuracy import (
     DEFAULT_SEEDS,
     SplitScore,
     describe_seeds,
-    share_models,
 )
 from cliprnn.dev.scenes import (
     CLASSES,
@@ -227,8 +226,7 @@ def run_exemplar_benchmark(
     config = config if config is not None else CaRConfig.preset("mini")
     start = time.perf_counter()
     base = CaR(config)
-    clean = CaR(config.replace(faithful=False))
-    share_models(clean, base)
+    clean = base.sharing_models(faithful=False)
     names = list(CLASSES)
     per_k = {k: class_exemplars(k, novel=novel) for k in sorted({*ks, mixed_k})}
     runs: dict[str, tuple[Any, list[Any], bool]] = {

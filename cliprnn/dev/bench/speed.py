@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cliprnn.car import set_forced_schedule
 from cliprnn.dev.bench.common import (
     IMAGE_HW,
     PAPER_ARCHS,
@@ -73,7 +74,7 @@ def measure(
     car = build_car(device, optimised, archs, dtype, text_cache_dir=text_cache_dir)
     image = bench_image()
     names = query_names(queries)
-    car.forced_schedule = drop_schedule(len(names), steps)
+    set_forced_schedule(car, drop_schedule(len(names), steps))
     car.segment(image[:64, :64], ["a", "b"][: min(2, len(names))])  # kernels, allocator
     backends = list({id(b): b for b in (car.proposal_backend, car.classifier_backend)}.values())
     runs = []

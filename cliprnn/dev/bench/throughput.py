@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cliprnn.car import set_forced_schedule
 from cliprnn.dev.bench.common import PAPER_ARCHS, bench_image, build_car, drop_schedule, query_names
 from cliprnn.prefetch import prefetch
 
@@ -61,7 +62,7 @@ def dataset_throughput(
         raise ValueError(f"n must be >= 1, got {n}")
     car = build_car(device, True, archs, dtype)
     names = query_names(queries)
-    car.forced_schedule = drop_schedule(len(names), steps)
+    set_forced_schedule(car, drop_schedule(len(names), steps))
     from cliprnn.imageio import load_image as load  # CaR.segment resizes, keeping full-res masks
 
     report: dict[str, Any] = {"images": n, "workers": workers, "ahead": ahead,
