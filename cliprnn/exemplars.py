@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cliprnn.errors import ImageError, QueryError
+from cliprnn.similarity import calibrated_logits as calibrated_logits  # its former home
 
 if TYPE_CHECKING:
     import torch
@@ -302,24 +303,6 @@ def query_columns(
     for j, feature in exemplars.items():
         out[j] = feature.to(out.device, out.dtype)
     return out
-
-
-def calibrated_logits(
-    features: torch.Tensor,
-    columns: torch.Tensor,
-    logit_scale: float | torch.Tensor,
-    calibration: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``logit_scale · (a_j · cos + b_j)`` of features [N, d] against columns [M, d].
-
-    ``calibration`` [M, 2] holds (a_j, b_j) per column, (1, 0) for text columns; None means
-    every column is text.
-    """
-    cos = features @ columns.to(features.device).t()
-    if calibration is not None:
-        calibration = calibration.to(cos.device, cos.dtype)
-        cos = cos * calibration[:, 0] + calibration[:, 1]
-    return logit_scale * cos
 
 
 def calibration_rows(

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
+from cliprnn.assets import tokenizer_source
 from cliprnn.dev.mini_clip.data import PairBatches, TextCache
 from cliprnn.dev.mini_clip.losses import HEADS
 from cliprnn.dev.mini_clip.train import bilinear_pos_encoding, make_optimizer, train_step
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only.split(";")}
     base = CLIPModel.from_pretrained(args.model_dir, dtype=torch.float32)
-    tokens = TextCache(CLIPTokenizer.from_pretrained(args.model_dir))
+    tokens = TextCache(CLIPTokenizer.from_pretrained(tokenizer_source(args.model_dir)))
     side = base.config.vision_config.image_size
     steps = args.rounds + 1  # the first step of each configuration is a warm-up
     batches = {}
