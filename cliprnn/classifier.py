@@ -185,7 +185,8 @@ class MaskClassifier:
         else:
             image = self._image_features(prompted, 1)
             if exemplars:
-                from cliprnn.exemplars import calibrated_logits, query_columns
+                from cliprnn.exemplars import query_columns
+                from cliprnn.similarity import calibrated_logits
 
                 embed = self.ensemble_text_features
                 text = query_columns(n, exemplars, lambda rows: embed([queries[j] for j in rows]))
