@@ -1,4 +1,10 @@
-"""CaR: the recurrent segmenter (proposals -> visual prompts -> classifier -> drop, repeat)."""
+"""CaR: the recurrent segmenter (proposals -> visual prompts -> classifier -> drop, repeat).
+
+One module over 600 lines, on purpose: it is the one class ``CaR``, whose entry points
+(``segment``, ``segment_many``, ``prepare``/``finish``) and the recurrence they run share the
+engine's loaded models, its configuration and its per-image state. The stages themselves live
+in their own modules (proposals, visual_prompts, classifier, postprocess).
+"""
 
 from __future__ import annotations
 
