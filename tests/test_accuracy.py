@@ -11,11 +11,10 @@ from cliprnn.dev.bench.accuracy import (
     VARIANTS,
     bootstrap_interval,
     format_table,
-    image_confusion,
-    miou_of,
     paired_gain_interval,
     run_accuracy_benchmark,
 )
+from cliprnn.dev.metrics import confusion, miou_of
 from cliprnn.dev.mini_clip.data import BENCHMARK_SEED_START, TRAIN_SEED_LIMIT
 
 shipped = pytest.mark.skipif(
@@ -87,7 +86,7 @@ def test_per_image_confusions_sum_to_the_split_miou() -> None:
         gt = rng.integers(0, 5, (6, 6))
         pred = np.where(rng.random((6, 6)) < 0.6, gt, rng.integers(0, 7, (6, 6)))
         whole.update(pred, gt)
-        m, x = image_confusion(pred, gt, 5)
+        m, x = confusion(pred, gt, 5)
         mats.append(m)
         missed.append(x)
     mats, missed = np.stack(mats), np.stack(missed)

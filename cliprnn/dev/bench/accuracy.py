@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cliprnn.config import CaRConfig
+from cliprnn.dev.metrics import confusion, miou_of
 from cliprnn.dev.scenes import CLASSES, DEFAULT_SIZE, generate_scene
 
 #: Held out from training (training pairs use seeds below 1,000,000): 240 seeds spread evenly
@@ -38,29 +39,6 @@ ORACLE_VARIANTS = frozenset({"oracle_queries"})
 
 #: Bootstrap resamples of the 95 % intervals.
 BOOTSTRAP = 1000
-
-
-def miou_of(matrix: np.ndarray, missed: np.ndarray) -> float:
-    """mIoU (fraction) of a confusion matrix as ConfusionMatrix.miou computes it."""
-    m = matrix.astype(np.float64)
-    tp = np.diag(m)
-    gt = m.sum(axis=1) + missed
-    union = gt + m.sum(axis=0) - tp
-    valid = gt > 0
-    if not valid.any():
-        return float("nan")
-    return float(np.mean(tp[valid] / union[valid]))
-
-
-def image_confusion(pred: np.ndarray, gt: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image's (confusion matrix [n, n], missed [n]) as ConfusionMatrix.update counts."""
-    pred = np.asarray(pred).reshape(-1).astype(np.int64)
-    gt = np.asarray(gt).reshape(-1).astype(np.int64)
-    valid = (gt >= 0) & (gt < n)
-    gt, pred = gt[valid], pred[valid]
-    inside = (pred >= 0) & (pred < n)
-    matrix = np.bincount(n * gt[inside] + pred[inside], minlength=n * n).reshape(n, n)
-    return matrix, np.bincount(gt[~inside], minlength=n)
 
 
 def bootstrap_interval(
@@ -129,7 +107,7 @@ class SplitScore:
     def add_labels(self, k: int, pred: np.ndarray, gt: np.ndarray) -> None:
         """Add a label map ``pred`` (values index ``labels``) against ``gt`` to the counts of
         item ``k`` (an image, or a clip whose frames all count as item ``k``)."""
-        matrix, missed = image_confusion(pred, gt, len(self.labels))
+        matrix, missed = confusion(pred, gt, len(self.labels))
         self.matrices[k] += matrix
         self.missed[k] += missed
 
