@@ -317,7 +317,7 @@ class ApplyMaskEdits(foo.Operator):
     def __call__(
         self,
         sample_collection: Any,
-        label_field: str = "car",
+        label_field: str | None = None,
         detections_field: str | None = None,
         direction: str = "to_segmentation",
         allow_new_classes: bool = False,
@@ -325,7 +325,8 @@ class ApplyMaskEdits(foo.Operator):
         delegate: bool = False,
         delegation_target: str | None = None,
     ) -> Any:
-        """Rebuild ``label_field`` from ``detections_field`` (default ``<label_field>_det``),
+        """Rebuild ``label_field`` (default ``"cliprnn"``, the default field of a run) from
+        ``detections_field`` (default ``<label_field>_det``),
         or with ``direction="to_detections"`` the instances from the semantic mask (refused
         where instances hold edits not folded back, unless ``discard_edits``).
 
@@ -334,8 +335,12 @@ class ApplyMaskEdits(foo.Operator):
             import fiftyone.operators as foo
 
             apply_edits = foo.get_operator("@cliprnn/clip-as-rnn/apply_mask_edits")
-            apply_edits(dataset, label_field="car")
+            apply_edits(dataset, label_field="cliprnn")
         """
+        if label_field is None:
+            from cliprnn.fiftyone.defaults import DEFAULT_LABEL_FIELD
+
+            label_field = DEFAULT_LABEL_FIELD
         params = dict(
             label_field=label_field,
             detections_field=detections_field or f"{label_field}_det",
@@ -464,8 +469,8 @@ class EditMaskClasses(foo.Operator):
             import fiftyone.operators as foo
 
             edit = foo.get_operator("@cliprnn/clip-as-rnn/edit_mask_classes")
-            edit(dataset, "car", "merge", ["cat", "dog"], new_name="pet")
-            edit(dataset, "car", "delete", ["sky"])
+            edit(dataset, "cliprnn", "merge", ["cat", "dog"], new_name="pet")
+            edit(dataset, "cliprnn", "delete", ["sky"])
         """
         params = dict(
             label_field=label_field, action=action, classes=list(classes), delegate=delegate

@@ -132,7 +132,7 @@ class ResumeRun(foo.Operator):
         Example usage::
 
             resume = foo.get_operator("@cliprnn/clip-as-rnn/resume_run")
-            resume(dataset, "car")
+            resume(dataset, "cliprnn")
         """
         from fiftyone.operators.executor import ExecutionResult
 

@@ -27,8 +27,6 @@ from .common import (
 
 #: The "no class list" choice of the form (an empty value would show as a blank choice).
 NO_SOURCE = "none"
-#: What the App's form writes by default: the mask, and instances the Annotate tab can edit.
-FORM_OUTPUTS = ("segmentation", "detections")
 INSTANCE_LABELS = {
     "region": "One object per connected region (two dogs are two objects)",
     "class": "One object per class",
@@ -135,7 +133,7 @@ class Segment(foo.Operator):
         give the queued operation the reservation's token."""
         from cliprnn.fiftyone.scheduled import TOKEN_PARAM, new_token, reserve_field
 
-        field = ctx.params.get("label_field") or "car"
+        field = ctx.params.get("label_field") or _defaults().DEFAULT_LABEL_FIELD
         token = ctx.params.get(TOKEN_PARAM) or new_token()
         reserve_field(ctx.dataset, field, token, samples=ctx.target_view().count())
         ctx.params[TOKEN_PARAM] = token
@@ -143,14 +141,14 @@ class Segment(foo.Operator):
         return f"Segment into '{field}'"
 
     def execute(self, ctx):
-        from cliprnn.fiftyone.collection import SegmentationRun
+        from cliprnn.fiftyone.collection import make_run
 
         shards = shard_count(ctx.params)
         if ctx.delegated:
             self._execute_scheduled(ctx, shards)
             return
         try:
-            run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
+            run = make_run(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
             for p in run:
                 yield ctx.trigger("set_progress", dict(progress=p.fraction, label=_running(p)))
         except Exception as e:
@@ -174,10 +172,10 @@ class Segment(foo.Operator):
         """A scheduled run, on a delegated worker: hold the field the run reserved when it
         was scheduled, run (or plan the sharded run), record how it ended for the App."""
         from cliprnn.fiftyone import scheduled
-        from cliprnn.fiftyone.collection import SegmentationRun
+        from cliprnn.fiftyone.collection import make_run
 
         token = ctx.params.get(scheduled.TOKEN_PARAM)
-        field = ctx.params.get("label_field") or "car"
+        field = ctx.params.get("label_field") or _defaults().DEFAULT_LABEL_FIELD
         if token:
             scheduled.claim(ctx.dataset, field, token)
         try:
@@ -195,7 +193,7 @@ class Segment(foo.Operator):
                 ctx.set_progress(progress=1.0, label=plan.message)
                 message = plan.message
             else:
-                run = SegmentationRun(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
+                run = make_run(ctx.target_view(), **run_kwargs(ctx.params, ctx.dataset))
                 for p in run:
                     ctx.set_progress(progress=p.fraction, label=p.label)
                 message = _summary_message(run)
@@ -211,17 +209,17 @@ class Segment(foo.Operator):
         sample_collection: Any,
         queries: list[str] | None = None,
         classes_from: str | None = None,
-        label_field: str = "car",
-        preset: str = "voc",
-        outputs: tuple[str, ...] | list[str] = FORM_OUTPUTS,
+        label_field: str | None = None,
+        preset: str | None = None,
+        outputs: tuple[str, ...] | list[str] | None = None,
         queries_from: str | None = None,
-        instances: str = "region",
+        instances: str | None = None,
         output_dir: str | None = None,
         allow_media_dir: bool = False,
         overwrite: bool = False,
         skip_existing: bool = False,
         skip_failures: bool = False,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         classes: list[str] | None = None,
         shards: int = 1,
         delegate: bool = False,
@@ -242,7 +240,9 @@ class Segment(foo.Operator):
         of the dataset (:mod:`cliprnn.fiftyone.exemplar_sets`): classes given by pictures,
         beside the text queries, loaded when the run starts. ``outputs`` are the semantic mask
         and editable instances (``instances``: one per connected ``"region"`` or per ``"class"``)
-        unless told otherwise.
+        unless told otherwise. Settings left out (None) take the defaults of
+        :func:`cliprnn.fiftyone.segment_collection` (:mod:`cliprnn.fiftyone.defaults`): field
+        ``"cliprnn"``, preset ``"voc"``, batches of 8.
         ``output_dir`` (absolute) receives mask and heatmap PNGs; it may lie inside the images'
         folders only with ``allow_media_dir=True``. ``preset`` is a CaRConfig preset;
         ``advanced`` keyword arguments override its fields (``proposal_model``,
@@ -275,7 +275,7 @@ class Segment(foo.Operator):
             import fiftyone.operators as foo
 
             segment = foo.get_operator("@cliprnn/clip-as-rnn/segment")
-            segment(dataset.take(5), queries=["cat", "dog"], label_field="car", preset="voc")
+            segment(dataset.take(5), queries=["cat", "dog"], preset="voc")
             segment(dataset, classes_from="mask_targets:ground_truth", delegate=True)
             segment(dataset, queries=["cat"], label_field="cat", shards=4, delegate=True)
             segment(dataset, queries=["dog"], exemplar_sets=["mascot"], label_field="pets")
@@ -287,6 +287,7 @@ class Segment(foo.Operator):
         from cliprnn.fiftyone.shards import check_shards
 
         check_shards(shards)
+        D = _defaults()
         if shards > 1 and not delegate:
             raise ConfigError(
                 f"shards={shards} splits a scheduled run into {shards} delegated jobs; pass "
@@ -296,18 +297,18 @@ class Segment(foo.Operator):
         params = dict(
             queries=list(queries or []),
             classes_from=classes_from or NO_SOURCE,
-            label_field=label_field,
-            preset=preset,
-            outputs=list(outputs),
+            label_field=label_field or D.DEFAULT_LABEL_FIELD,
+            preset=preset or D.DEFAULT_PRESET,
+            outputs=list(outputs or D.DEFAULT_OUTPUTS),
             queries_from=queries_from or NO_SOURCE,
             exemplar_sets=list(exemplar_sets or []),
-            instances=instances,
+            instances=instances or D.DEFAULT_INSTANCES,
             output_dir=output_dir or "",
             allow_media_dir=allow_media_dir,
             overwrite=overwrite,
             skip_existing=skip_existing,
             skip_failures=skip_failures,
-            batch_size=batch_size,
+            batch_size=batch_size or D.DEFAULT_BATCH_SIZE,
             delegate=delegate,
             advanced=bool(advanced),
         )
@@ -326,6 +327,14 @@ class Segment(foo.Operator):
         return execute_from_sdk(
             self, sample_collection, params, delegate=delegate, delegation_target=delegation_target
         )
+
+
+def _defaults() -> Any:
+    """:mod:`cliprnn.fiftyone.defaults`, imported when needed: the plugin loads (and its form
+    says how to install cliprnn) where cliprnn is missing."""
+    from cliprnn.fiftyone import defaults
+
+    return defaults
 
 
 def shard_count(params: dict[str, Any]) -> int:
@@ -371,7 +380,9 @@ def _queue_from_sdk(
 
 def run_kwargs(params: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
     """SegmentationRun keyword arguments from the form's (or the SDK's) params; the exemplar
-    sets they name are loaded from ``dataset``."""
+    sets they name are loaded from ``dataset``; what they leave out takes the defaults of
+    :mod:`cliprnn.fiftyone.defaults`."""
+    D = _defaults()
     source = params.get("classes_from") or None
     text = params.get("query_text") or ""
     kwargs: dict[str, Any] = dict(
@@ -382,16 +393,16 @@ def run_kwargs(params: dict[str, Any], dataset: Any = None) -> dict[str, Any]:
         ],
         classes_from=None if source == NO_SOURCE else source,
         queries_from=params.get("queries_from") or None,
-        instances=params.get("instances") or "region",
-        label_field=params.get("label_field") or "car",
-        config=params.get("preset") or "voc",
-        outputs=params.get("outputs") or list(FORM_OUTPUTS),
+        instances=params.get("instances") or D.DEFAULT_INSTANCES,
+        label_field=params.get("label_field") or D.DEFAULT_LABEL_FIELD,
+        config=params.get("preset") or D.DEFAULT_PRESET,
+        outputs=params.get("outputs") or list(D.DEFAULT_OUTPUTS),
         output_dir=params.get("output_dir") or None,
         allow_media_dir=bool(params.get("allow_media_dir")),
         overwrite=bool(params.get("overwrite")),
         skip_existing=bool(params.get("skip_existing")),
         skip_failures=bool(params.get("skip_failures")),
-        batch_size=int(params.get("batch_size") or 8),
+        batch_size=int(params.get("batch_size") or D.DEFAULT_BATCH_SIZE),
     )
     if kwargs["queries_from"] == NO_SOURCE:
         kwargs["queries_from"] = None
@@ -605,7 +616,7 @@ def _model_inputs(ctx, inputs: types.Object) -> None:
     inputs.bool("advanced", default=False, label="Advanced settings", view=types.SwitchView())
     inputs.int(
         "batch_size",
-        default=8,
+        default=_defaults().DEFAULT_BATCH_SIZE,
         min=1,
         label="Batch size",
         description="Samples written to the database together; progress is shown per batch",
@@ -684,9 +695,10 @@ def _default_preset(presets: list[str]) -> str:
     """The paper's VOC preset when its models can be had here, else the bundled model."""
     from cliprnn.config import CaRConfig
 
-    if "mini" in presets and _missing_models(CaRConfig.preset("voc")):
+    preset = _defaults().DEFAULT_PRESET
+    if "mini" in presets and _missing_models(CaRConfig.preset(preset)):
         return "mini"
-    return "voc"
+    return preset
 
 
 def _check_models(inputs: types.Object, config) -> None:
@@ -748,21 +760,24 @@ def _output_inputs(ctx, inputs: types.Object, video: bool = False) -> str | None
 
     fields = _FrameFieldsToo(ctx.dataset) if video else ctx.dataset
     reserved = reserved_fields(ctx.dataset, except_token=ctx.params.get(TOKEN_PARAM))
-    default_field = free_field_name(fields, "car", ("", "_det", "_error"), taken=reserved)
+    D = _defaults()
+    default_field = free_field_name(
+        fields, D.DEFAULT_LABEL_FIELD, ("", "_det", "_error"), taken=reserved
+    )
     inputs.str("label_field", default=default_field, required=True, label="Output field")
     inputs.list(
         "outputs",
         types.String(),
-        default=list(FORM_OUTPUTS),
+        default=list(D.DEFAULT_OUTPUTS),
         label="Outputs",
         description="The instance masks (<field>_det) are what the Annotate tab edits",
         view=choices_view(types.DropdownView, OUTPUT_TYPES, OUTPUT_LABELS, multiple=True),
     )
-    if "detections" in (ctx.params.get("outputs") or FORM_OUTPUTS):
+    if "detections" in (ctx.params.get("outputs") or D.DEFAULT_OUTPUTS):
         inputs.enum(
             "instances",
             list(INSTANCE_LABELS),
-            default="region",
+            default=D.DEFAULT_INSTANCES,
             label="Instances",
             view=choices_view(types.RadioGroup, INSTANCE_LABELS, INSTANCE_LABELS),
         )
@@ -872,7 +887,7 @@ def _writes_text(ctx, field: str, video: bool) -> str:
     from cliprnn.errors import CaRError
     from cliprnn.fiftyone.labels import output_fields
 
-    outputs = [o for o in ctx.params.get("outputs") or FORM_OUTPUTS if o]
+    outputs = [o for o in ctx.params.get("outputs") or _defaults().DEFAULT_OUTPUTS if o]
     try:
         f = output_fields(field, outputs, {})
     except CaRError:

@@ -8,6 +8,7 @@ from cliprnn.fiftyone.collection import (
     RunSummary,
     SampleError,
     SegmentationRun,
+    make_run,
     segment_collection,
 )
 from cliprnn.fiftyone.edits import apply_mask_edits, edit_mask_classes, rebuild_instances
@@ -41,6 +42,7 @@ __all__ = [
     "exemplars_from",
     "list_exemplar_sets",
     "load_exemplar_set",
+    "make_run",
     "queue_sharded_run",
     "rebuild_instances",
     "rename_exemplar_set",

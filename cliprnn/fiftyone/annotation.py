@@ -1,5 +1,6 @@
 """Make a run's instance field editable in the App's Annotate tab (label schema, active) and
-give each class the same colour in the semantic and the instance field."""
+give each class the same colour in the semantic and the instance field; keep the scores
+field out of the App's sidebar by default."""
 
 from __future__ import annotations
 
@@ -80,3 +81,15 @@ def match_colors(
         scheme.color_by = "value"
     dataset.app_config.color_scheme = scheme
     dataset.save()
+
+
+def hide_by_default(dataset: fo.Dataset, path: str) -> None:
+    """Leave ``path`` unticked in the App's sidebar by default (a run's scores list every
+    query on every thumbnail, dropped ones included), unless the dataset's default already
+    lists the fields to show."""
+    active = dataset.app_config.active_fields
+    if active is not None and not active.exclude:
+        return
+    paths = list(active.paths) if active is not None else []
+    if path not in paths:
+        dataset.app_config.active_fields = fo.ActiveFields(exclude=True, paths=[*paths, path])

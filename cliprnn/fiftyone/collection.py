@@ -1,939 +1,225 @@
-"""Segment every image of a FiftyOne collection with CaR and store the results as label fields."""
+"""Segment a whole FiftyOne collection with CaR: the run that fits the collection, and the
+one-call API over it.
+
+A run is made of parts in their own modules: :mod:`~cliprnn.fiftyone.results` (progress,
+summary, errors), :mod:`~cliprnn.fiftyone.stores` (where the label fields live),
+:mod:`~cliprnn.fiftyone.run` (the image run), :mod:`~cliprnn.fiftyone.video` (the video run)
+and :mod:`~cliprnn.fiftyone.spec` (a sharded run's fixed settings). Their public names stay
+importable from here.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
-import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import inspect
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import fiftyone as fo
-import fiftyone.core.utils as fou
-import pymongo.errors
-from fiftyone import ViewField as F
 
 from cliprnn.config import CaRConfig
-from cliprnn.errors import CaRError, ConfigError, QueryError
-from cliprnn.exemplars import Exemplars, split_queries
-from cliprnn.fiftyone import labels as L
-from cliprnn.fiftyone.annotation import make_editable, match_colors
-from cliprnn.fiftyone.engine import get_car, resolve_config
-from cliprnn.fiftyone.faults import fault_point
-from cliprnn.fiftyone.files import validate_output_dir, write_png_atomic
-from cliprnn.fiftyone.instances import DEFAULT_INSTANCES, INSTANCE_MODES
-from cliprnn.fiftyone.lock import FieldLock, dataset_edit
-from cliprnn.fiftyone.queries import (
-    assign_values,
-    clean_queries,
-    resolve_queries,
-    sample_queries,
+from cliprnn.exemplars import Exemplars
+from cliprnn.fiftyone.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_INSTANCES,
+    DEFAULT_LABEL_FIELD,
+    DEFAULT_NUM_WORKERS,
+    DEFAULT_OUTPUTS,
+    DEFAULT_PREFETCH_AHEAD,
+    DEFAULT_PRESET,
 )
-from cliprnn.fiftyone.runs import record_run, record_run_results, run_key_for
-from cliprnn.imageio import load_image
-from cliprnn.pipeline import segment_stream
-from cliprnn.prefetch import prefetch
+from cliprnn.fiftyone.results import DatabaseError, Progress, RunSummary, SampleError
+from cliprnn.fiftyone.run import SegmentationRun
+from cliprnn.fiftyone.spec import config_from_dict
+from cliprnn.fiftyone.stores import (
+    FrameFields,
+    FramesViewFields,
+    SampleFields,
+    write_whole,
+)
+from cliprnn.fiftyone.video import VideoSegmentationRun
 
-DEFAULT_BATCH_SIZE = 8
-#: Images decoded ahead of inference (on ``num_workers`` threads).
-DEFAULT_PREFETCH_AHEAD = 4
-
-
-class SampleError(CaRError, RuntimeError):
-    """Segmenting one sample failed and ``skip_failures`` was off; names the sample."""
-
-    def __init__(self, sample_id: str, filepath: str, cause: BaseException) -> None:
-        super().__init__(
-            f"sample {sample_id} ({filepath}) failed: {type(cause).__name__}: {cause}. "
-            "Results of earlier samples are kept; rerun with skip_failures=True to skip failing "
-            "samples, or skip_existing=True to resume"
-        )
-        self.sample_id = sample_id
-        self.filepath = filepath
-        self.cause = cause
-
-
-class DatabaseError(CaRError, RuntimeError):
-    """The database could not be reached (or refused a write) while the run wrote results."""
-
-    def __init__(self, written: int, pending: int, cause: BaseException) -> None:
-        super().__init__(
-            f"the database could not take the results of {pending} sample(s) "
-            f"({type(cause).__name__}: {cause}). The {written} sample(s) written before are "
-            "kept, each whole; once the database is back, rerun with skip_existing=True to "
-            "complete the run"
-        )
-        self.written = written
-        self.cause = cause
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PREFETCH_AHEAD",
+    "DatabaseError",
+    "FrameFields",
+    "FramesViewFields",
+    "Progress",
+    "RunSummary",
+    "SampleError",
+    "SampleFields",
+    "SegmentationRun",
+    "VideoSegmentationRun",
+    "config_from_dict",
+    "make_run",
+    "segment_collection",
+    "write_whole",
+]
 
 
-@dataclass
-class Progress:
-    """How far a run has got: samples done (written or failed) out of ``total``."""
+def make_run(
+    sample_collection: fo.core.collections.SampleCollection,
+    queries: Sequence[str | Exemplars] | str | None = None,
+    **options: Any,
+) -> SegmentationRun:
+    """The validated run that segments ``sample_collection``: a
+    :class:`~cliprnn.fiftyone.video.VideoSegmentationRun` (frame fields) for a video
+    collection, a :class:`~cliprnn.fiftyone.run.SegmentationRun` for images or a frames view.
 
-    done: int
-    total: int
-    failed: int
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
-
-    @property
-    def label(self) -> str:
-        failed = f", {self.failed} failed" if self.failed else ""
-        return f"Segmented {self.done}/{self.total} samples{failed}"
+    ``options`` are the keyword arguments of :class:`SegmentationRun` (and ``frame_step`` for
+    videos). Nothing is segmented until the run is iterated or its ``run()`` is called."""
+    if getattr(sample_collection, "media_type", None) == "video":
+        return VideoSegmentationRun(sample_collection, queries, **options)
+    return SegmentationRun(sample_collection, queries, **options)
 
 
-@dataclass
-class RunSummary:
-    """What a run did: fields written, classes, counts, and the first errors."""
-
-    label_field: str
-    fields: list[str]
-    mask_targets: dict[int, str]
-    processed: int = 0
-    skipped: int = 0
-    failed: int = 0
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (sample id, message), first 20
-    seconds: float = 0.0
-    run_key: str = ""
-    output_dir: str | None = None
-    no_queries: list[str] = field(default_factory=list)  # ids skipped: no labels to query
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (mask_targets keys as strings)."""
-        out = asdict(self)
-        out["mask_targets"] = {str(k): v for k, v in self.mask_targets.items()}
-        out["errors"] = [list(e) for e in self.errors]
-        return out
+#: The parameters ``segment_collection`` took positionally after ``queries`` before 0.2.
+_OLD_POSITIONAL = (
+    "classes_from",
+    "label_field",
+    "config",
+    "overwrite",
+    "skip_existing",
+    "skip_failures",
+    "outputs",
+    "output_dir",
+    "batch_size",
+    "progress",
+)
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(CaRConfig))
 
 
-class SegmentationRun:
-    """A validated run over a collection. Everything that can be checked without touching a
-    sample (parameters, fields, output folder, models) is checked in the constructor.
+def _old_spellings(func: Callable[..., RunSummary]) -> Callable[..., RunSummary]:
+    """Let ``func`` (segment_collection) take, for one more release and with a FutureWarning
+    naming the new spelling, its options positionally and CaRConfig fields as keywords."""
+    own = set(inspect.signature(func).parameters)
 
-    On a video collection the run is a :class:`cliprnn.fiftyone.video.VideoSegmentationRun`
-    (frame-level fields); a frames view (``to_frames()``) runs like images, and its labels
-    land in the video's frame fields."""
-
-    def __new__(cls, sample_collection: Any = None, *args: Any, **kwargs: Any) -> SegmentationRun:
-        if cls is SegmentationRun and getattr(sample_collection, "media_type", None) == "video":
-            from cliprnn.fiftyone.video import VideoSegmentationRun
-
-            cls = VideoSegmentationRun
-        return super().__new__(cls)
-
-    def __init__(
-        self,
-        sample_collection: fo.core.collections.SampleCollection,
-        queries: Sequence[str | Exemplars] | str | None = None,
-        classes_from: str | None = None,
-        label_field: str = "car",
-        config: CaRConfig | str | Mapping[str, Any] | None = None,
-        outputs: Sequence[str] = ("segmentation",),
-        output_dir: str | None = None,
-        overwrite: bool = False,
-        skip_existing: bool = False,
-        skip_failures: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        allow_media_dir: bool = False,
-        num_workers: int = 2,
-        prefetch_ahead: int = DEFAULT_PREFETCH_AHEAD,
-        classes: Sequence[str] | None = None,
-        queries_from: str | None = None,
-        instances: str = DEFAULT_INSTANCES,
-        load_model: bool = True,
-        reservation: str | None = None,
-        **config_overrides: Any,
-    ) -> None:
-        coll = sample_collection
-        #: The token of the scheduled run this is (its reserved field is its own to write).
-        self.reservation = reservation
-        self.collection = coll
-        self.dataset = coll._root_dataset
-        self._check_media(coll)
-        if config_overrides.pop("frame_step", None) not in (None, 1):
-            raise ConfigError(
-                "frame_step labels every k-th frame of a video; this collection holds images "
-                "(on a frames view, match the frame_number values to label instead)"
-            )
-        #: Where the label fields live, and the error field (frame fields on a frames view).
-        self.store, self.error_store = self._stores(coll)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if isinstance(outputs, str):
-            outputs = [outputs]
-        self.outputs = list(dict.fromkeys(outputs))
-        self.config = resolve_config(config, **config_overrides)
-        if instances not in INSTANCE_MODES:
-            raise ConfigError(f"instances must be one of {list(INSTANCE_MODES)}, got {instances!r}")
-        self.instances = instances
-        self.queries_from = queries_from or None
-        self.per_sample: dict[str, list[str]] | None = None
-        if isinstance(queries, str):
-            queries = queries.splitlines()
-        names, self.exemplars = split_queries(queries or [])
-        resolved = resolve_queries(coll, names, classes_from, classes, bool(queries_from))
-        #: The queries every sample gets (with ``queries_from``, after the sample's own).
-        self.shared_queries = list(resolved.queries)
-        if self.queries_from:
-            own = sample_queries(coll, self.queries_from)
-            self.per_sample = {
-                sid: clean_queries([*names, *resolved.queries]) for sid, names in own.items()
-            }
-            every = clean_queries(
-                [*(q for names in own.values() for q in names), *resolved.queries]
-            )
-            if not every:
-                raise QueryError(
-                    f"no queries: no sample has labels in '{self.queries_from}' and no other "
-                    "queries were given"
+    @functools.wraps(func)
+    def accept(
+        sample_collection: Any, queries: Any = None, *args: Any, **kwargs: Any
+    ) -> RunSummary:
+        if args:
+            if len(args) > len(_OLD_POSITIONAL):
+                raise TypeError(
+                    f"segment_collection() takes at most {2 + len(_OLD_POSITIONAL)} positional "
+                    f"arguments ({2 + len(args)} given)"
                 )
-            resolved.queries = every
-            _check_exemplar_names(self.exemplars, [q for n in own.values() for q in n],
-                                  f"the labels in '{self.queries_from}'")  # fmt: skip
-        _check_exemplar_names(self.exemplars, resolved.source_names,
-                              f"the classes of {classes_from!r}")  # fmt: skip
-        self.queries = resolved.queries
-        self.classes_from = resolved.source
-        self.source_values = resolved.source_values
-        L.check_field_name(label_field)
-        self.label_field = label_field
-        self.overwrite, self.skip_existing = overwrite, skip_existing
-        self.skip_failures = skip_failures
-        self.batch_size, self.num_workers = batch_size, max(0, int(num_workers))
-        self.prefetch_ahead = max(0, int(prefetch_ahead))
-        self.summary = RunSummary(label_field, [], {}, run_key=run_key_for(label_field))
-        self._plan()
-
-        self.output_dir: Path | None = None
-        if output_dir:
-            media = self.paths or coll.values("filepath")
-            root = validate_output_dir(output_dir, media, allow_media_dir)
-            self.output_dir = root / label_field
-        elif self.fields.heatmaps:
-            root = Path(fo.config.default_dataset_dir) / "cliprnn" / str(self.dataset._doc.id)
-            self.output_dir = validate_output_dir(root, (), True) / label_field
-        #: The engine; ``load_model=False`` (planning a sharded run) leaves it to the workers.
-        self.car = get_car(self.config) if load_model else None
-        self.summary.output_dir = str(self.output_dir) if self.output_dir else None
-
-    def _plan(self) -> None:
-        """Decide everything that depends on the field's current state: mask values (the
-        field's existing classes keep theirs), output fields, the field checks, and the
-        samples to segment. Done when the run is built (to fail early) and again under the
-        field's lock (the state may have changed while the models loaded)."""
-        targets_key = self.store.prefix + self.label_field
-        existing = {int(k): v for k, v in self.dataset.mask_targets.get(targets_key, {}).items()}
-        if existing and self.overwrite and self._rewrites_whole_field():
-            existing = {}  # every sample holding the field is relabelled: its classes go
-        self.values = assign_values(self.queries, self.source_values, existing)
-        self.fields = L.output_fields(self.label_field, self.outputs, self.values)
-        self._check_fields(self.overwrite, self.skip_existing)
-        self.mask_targets = {**existing, **{v: q for q, v in self.values.items()}}
-        self.dtype = L.mask_dtype(max(self.mask_targets))
-
-        every, paths = self.collection.values(["id", "filepath"])
-        pending = self._pending(self.collection) if self.skip_existing else None
-        pairs = zip(every, paths, strict=True)
-        todo = [(s, p) for s, p in pairs if pending is None or s in pending]
-        self.ids, self.paths = [s for s, _ in todo], [p for _, p in todo]
-        self.skipped = len(every) - len(self.ids)
-        no_queries: list[str] = []
-        if self.per_sample is not None:
-            keep = [bool(self.per_sample.get(sid)) for sid in self.ids]
-            no_queries = [sid for sid, k in zip(self.ids, keep, strict=True) if not k]
-            self.ids = [sid for sid, k in zip(self.ids, keep, strict=True) if k]
-            self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
-            self.skipped += len(no_queries)
-        self.summary.fields = self._summary_fields()
-        self.summary.mask_targets = dict(sorted(self.mask_targets.items()))
-        self.summary.skipped = self.skipped
-        self.summary.no_queries = no_queries
-
-    def _summary_fields(self) -> list[str]:
-        """The fields the summary lists."""
-        return self.fields.all()
-
-    def _rewrites_whole_field(self) -> bool:
-        """True when every sample (frame) that holds the field is relabelled by this run, so
-        the field's old classes mean nothing any more; a run on a subset keeps them."""
-        if self.skip_existing:
-            return False
-        path = self.store.prefix + self.label_field
-        if not self.store.has(self.label_field):
-            return True
-        own = self.label_field if getattr(self.collection, "_is_frames", False) else path
-        return self.collection.count(own) >= self.dataset.count(path)
-
-    def _check_media(self, coll: fo.core.collections.SampleCollection) -> None:
-        """ConfigError unless the run can segment ``coll``'s media."""
-        _check_collection(coll)
-
-    def _stores(
-        self, coll: fo.core.collections.SampleCollection
-    ) -> tuple[SampleFields, SampleFields]:
-        """Where the run writes its label fields, and its error field."""
-        if getattr(coll, "_is_frames", False):
-            store: SampleFields = FramesViewFields(coll)
-        else:
-            store = SampleFields(self.dataset)
-        return store, store
-
-    def _pending(self, coll: fo.core.collections.SampleCollection) -> set[str] | None:
-        """The ids of the samples of ``coll`` that ``skip_existing`` leaves to segment (None:
-        all): those lacking any output the run writes on every sample (mask, instances,
-        scores), or whose mask or heatmap file is gone."""
-        f = self.fields
-        missing = None
-        for name in (f.segmentation, f.detections, f.scores):
-            if not name:
-                continue
-            if not self.store.has(name):
-                return None
-            lacks = F(name) == None  # noqa: E711 (a query expression)
-            missing = lacks if missing is None else missing | lacks
-        ids = set(coll.match(missing).values("id")) if missing is not None else set()
-        files = [f"{f.segmentation}.mask_path"] if f.segmentation else []
-        files += [f"{name}.map_path" for name in f.heatmaps.values() if self.store.has(name)]
-        for path in files:
-            have = coll.exists(path)
-            for sid, file in zip(*have.values(["id", path]), strict=True):
-                if not os.path.exists(file):
-                    ids.add(sid)
-        return ids
-
-    def _check_fields(self, overwrite: bool, skip_existing: bool) -> None:
-        from cliprnn.fiftyone.scheduled import reserved_fields
-
-        held = reserved_fields(self.dataset, except_token=self.reservation)
-        if self.fields.label_field in held:
-            raise ConfigError(
-                f"field '{self.fields.label_field}' is reserved by {held[self.fields.label_field]}"
-                "; choose another label_field, or wait for that run to finish"
+            given = dict(zip(_OLD_POSITIONAL, args, strict=False))
+            for name in given:
+                if name in kwargs:
+                    raise TypeError(f"segment_collection() got multiple values for {name!r}")
+            spelled = ", ".join(f"{name}=..." for name in given)
+            warnings.warn(
+                "segment_collection() takes only the collection and the queries positionally; "
+                f"passing the others by position is deprecated and stops working in cliprnn "
+                f"0.3: write segment_collection(collection, queries, {spelled})",
+                FutureWarning,
+                stacklevel=2,
             )
-        schema = self.store.schema()
-        error_field = self.error_store.schema().get(self.fields.error)
-        if error_field is not None:
-            if not isinstance(error_field, fo.StringField):
-                raise ConfigError(
-                    f"field '{self.fields.error}' exists and is not a string field; the run "
-                    "records per-sample errors there, so choose another label_field"
-                )
-            if not overwrite and not skip_existing:
-                raise ConfigError(
-                    f"field '{self.fields.error}' (errors of an earlier run) already exists; "
-                    "pass overwrite=True or skip_existing=True, or choose another label_field"
-                )
-        wanted = {
-            self.fields.segmentation: fo.Segmentation,
-            self.fields.detections: fo.Detections,
-            self.fields.scores: fo.Classifications,
-            **{f: fo.Heatmap for f in self.fields.heatmaps.values()},
-        }
-        for name, cls in wanted.items():
-            if name is None or name not in schema:
-                continue
-            doc_type = getattr(schema[name], "document_type", None)
-            if doc_type is not cls:
-                raise ConfigError(
-                    f"field '{name}' exists and holds {getattr(doc_type, '__name__', doc_type)}, "
-                    f"not {cls.__name__}; choose another label_field"
-                )
-            if not overwrite and not skip_existing:
-                raise ConfigError(
-                    f"field '{name}' already exists; pass overwrite=True to replace it, or "
-                    "skip_existing=True to fill only the samples that lack it"
-                )
-
-    def __iter__(self) -> Iterator[Progress]:
-        """Segment the samples in order, writing every ``batch_size`` results at once and
-        yielding progress after each write.
-
-        Images are decoded on ``num_workers`` threads, up to ``prefetch_ahead`` samples ahead of
-        inference. A failure that stops the run (``skip_failures`` off, an interrupt) still
-        writes the results finished before it.
-        """
-        lock = FieldLock(str(self.dataset._doc.id), self.dataset.name, self.fields.label_field)
-        with lock:
-            self.dataset.reload()
-            self._plan()  # decided again under the lock: the field may have changed meanwhile
-            self._prepare_dataset()
-            record_run(self.collection, self.fields.label_field, self._record())
-            fault_point("prepared")
-            yield from self.segment_samples(lambda done: lock.refresh())
-            fault_point("finished")
-            record_run_results(self.collection, self.fields.label_field, self.summary.to_dict())
-
-    def segment_samples(self, on_write: Callable[[int], Any] | None = None) -> Iterator[Progress]:
-        """The sample loop alone: segment ``self.ids`` in order and write them in batches,
-        calling ``on_write(done)`` after each write (``done`` = samples written so far, always
-        a prefix of ``self.ids``) and yielding progress. It takes no lock and declares no
-        field: :meth:`__iter__` does both, and a sharded run does them once, when planned."""
-        start = time.perf_counter()
-        total = len(self.ids)
-        if self.car is None:
-            self.car = get_car(self.config)
-        done = 0
-        batch = _Batch(self.fields.all())
-
-        def flush() -> int:
-            nonlocal done
-            n = self._flush(batch)
-            if n:
-                done += n
-                if on_write is not None:
-                    on_write(done)
-            return n
-
-        items = zip(self.ids, self.paths, strict=True)
-        load = functools.partial(_load, max_pixels=self.config.max_image_pixels)
-        loaded = prefetch(items, load, workers=self.num_workers, ahead=self.prefetch_ahead)
-        stream = segment_stream(self.car, loaded, self._queries_for, post=self._labels_of)
-        with contextlib.closing(loaded), contextlib.closing(stream):
-            try:
-                for (sid, path), outcome in stream:
-                    self._record_one(sid, path, outcome, batch)
-                    if len(batch) >= self.batch_size:
-                        flush()
-                        yield self._progress(done, total, start)
-                if len(batch):
-                    flush()
-                    yield self._progress(done, total, start)
-            finally:
-                flush()
-        self.summary.seconds = time.perf_counter() - start
-
-    @classmethod
-    def from_spec(
-        cls,
-        dataset: fo.Dataset,
-        spec: Mapping[str, Any],
-        ids: Sequence[str],
-        load_model: bool = True,
-    ) -> SegmentationRun:
-        """The run a shard of a planned run executes: the settings fixed by :meth:`spec`
-        (queries, mask values, mask targets, fields, config) over the samples ``ids`` of
-        ``dataset``, in that order. Samples deleted since are skipped; with ``queries_from``
-        each sample is queried for its own labels now, limited to the planned queries."""
-        run = cls.__new__(cls)
-        run.dataset = dataset
-        run.collection = dataset
-        run.outputs = list(spec["outputs"])
-        run.config = config_from_dict(spec["config"])
-        run.instances = spec["instances"]
-        run.queries_from = spec.get("queries_from") or None
-        run.queries = list(spec["queries"])
-        run.shared_queries = list(spec["shared_queries"])
-        run.exemplars = {e["name"]: Exemplars.from_spec(e) for e in spec.get("exemplars") or []}
-        run.classes_from = spec.get("classes_from")
-        run.values = {q: int(v) for q, v in spec["values"]}
-        run.mask_targets = {int(v): q for v, q in spec["mask_targets"]}
-        run.fields = L.output_fields(spec["label_field"], run.outputs, run.values)
-        run.dtype = L.mask_dtype(max(run.mask_targets))
-        run.overwrite, run.skip_existing = bool(spec["overwrite"]), bool(spec["skip_existing"])
-        run.skip_failures = bool(spec["skip_failures"])
-        run.batch_size = int(spec["batch_size"])
-        run.num_workers = int(spec["num_workers"])
-        run.prefetch_ahead = int(spec["prefetch_ahead"])
-        run.output_dir = Path(spec["output_dir"]) if spec.get("output_dir") else None
-        run.store = run.error_store = SampleFields(dataset)
-
-        ids = list(ids)
-        found = dict(zip(*dataset.select(ids).values(["id", "filepath"]), strict=True))
-        run.ids = [sid for sid in ids if sid in found]
-        run.skipped = len(ids) - len(run.ids)
-        run.per_sample = None
-        no_queries: list[str] = []
-        if run.queries_from:
-            own = sample_queries(dataset.select(run.ids), run.queries_from)
-            run.per_sample = {
-                sid: [q for q in clean_queries([*names, *run.shared_queries]) if q in run.values]
-                for sid, names in own.items()
-            }
-            no_queries = [sid for sid in run.ids if not run.per_sample.get(sid)]
-            run.ids = [sid for sid in run.ids if run.per_sample.get(sid)]
-            run.skipped += len(no_queries)
-        run.paths = [found[sid] for sid in run.ids]
-        run.car = get_car(run.config) if load_model else None
-        run.summary = RunSummary(
-            run.fields.label_field,
-            run.fields.all(),
-            dict(sorted(run.mask_targets.items())),
-            skipped=run.skipped,
-            run_key=run_key_for(run.fields.label_field),
-            output_dir=str(run.output_dir) if run.output_dir else None,
-            no_queries=no_queries,
-        )
-        return run
-
-    def spec(self) -> dict[str, Any]:
-        """Everything the shards of a sharded run must agree on, JSON- and BSON-safe (queries
-        may hold dots, so mappings keyed by them are stored as pairs)."""
-        if self.store.prefix:
-            raise ConfigError(
-                "sharded runs split image datasets; run this collection (frame fields) as one job"
+            kwargs.update(given)
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}
+        unknown = sorted(k for k in overrides if k not in _CONFIG_FIELDS)
+        if unknown:
+            raise TypeError(
+                f"segment_collection() got an unexpected keyword argument {unknown[0]!r}"
             )
-        return dict(
-            label_field=self.fields.label_field,
-            outputs=list(self.outputs),
-            config=self.config.to_dict(),
-            instances=self.instances,
-            queries=list(self.queries),
-            shared_queries=list(self.shared_queries),
-            exemplars=[e.to_spec() for e in self.exemplars.values()],
-            queries_from=self.queries_from,
-            classes_from=self.classes_from,
-            values=[[q, int(v)] for q, v in self.values.items()],
-            mask_targets=[[int(v), q] for v, q in self.mask_targets.items()],
-            output_dir=str(self.output_dir) if self.output_dir else None,
-            overwrite=self.overwrite,
-            skip_existing=self.skip_existing,
-            skip_failures=self.skip_failures,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            prefetch_ahead=self.prefetch_ahead,
-        )
-
-    def _record(self) -> dict[str, Any]:
-        """What the run record keeps: fields, queries and their source, settings, config."""
-        f = self.fields
-        return dict(
-            fields=dict(  # paths in the root dataset ("frames.<name>" for frame fields)
-                segmentation=self.store.path(f.segmentation),
-                detections=self.store.path(f.detections),
-                heatmaps={q: self.store.path(n) for q, n in f.heatmaps.items()},
-                error=self.error_store.path(f.error),
-                scores=self.store.path(f.scores),
-            ),
-            queries=list(self.queries),
-            exemplars={name: _describe_exemplars(e) for name, e in self.exemplars.items()},
-            classes_from=self.classes_from,
-            queries_from=self.queries_from,
-            instances=self.instances,
-            mask_targets={str(k): v for k, v in self.mask_targets.items()},
-            outputs=list(self.outputs),
-            output_dir=str(self.output_dir) if self.output_dir else None,
-            overwrite=self.overwrite,
-            skip_existing=self.skip_existing,
-            skip_failures=self.skip_failures,
-            config=self.config.to_dict(),
-        )
-
-    def run(self, progress: bool | Callable[[Progress], Any] | None = None) -> RunSummary:
-        """Run to the end; ``progress`` is True/None for a progress bar (FiftyOne's default
-        setting), False for none, or a callable receiving each Progress."""
-        if callable(progress):
-            for p in self:
-                progress(p)
-            return self.summary
-        with fou.ProgressBar(total=len(self.ids), progress=progress) as pb:
-            last = 0
-            for p in self:
-                pb.update(p.done - last)
-                last = p.done
-        return self.summary
-
-    def _progress(self, done: int, total: int, start: float) -> Progress:
-        self.summary.seconds = time.perf_counter() - start
-        return Progress(done, total, self.summary.failed)
-
-    def _queries_for(self, key: tuple[str, str]) -> list[str | Exemplars]:
-        names = self.queries if self.per_sample is None else self.per_sample[key[0]]
-        return [self.exemplars.get(q, q) for q in names]
-
-    def _record_one(self, sid: str, path: str, outcome: Any, batch: _Batch) -> None:
-        """Put one sample's labels (or its failure: a load, segmentation or label error) into
-        ``batch``; a failure is recorded when ``skip_failures`` is on and raised as SampleError
-        otherwise."""
-        try:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            for name, label in outcome.items():
-                batch.labels[name][sid] = label
-            batch.errors[sid] = None
-        except Exception as e:
-            for values in batch.labels.values():
-                values.pop(sid, None)
-            if not self.skip_failures:
-                raise SampleError(sid, path, e) from e
-            batch.errors[sid] = self._note_failure(sid, e)
-            for values in batch.labels.values():
-                values[sid] = None
-
-    def _note_failure(self, sid: str, exc: BaseException) -> str:
-        """Count a skipped failure of sample ``sid`` in the summary; returns its message."""
-        self.summary.failed += 1
-        msg = f"{type(exc).__name__}: {exc}"
-        if len(self.summary.errors) < 20:
-            self.summary.errors.append((sid, msg))
-        return msg
-
-    def _flush(self, batch: _Batch) -> int:
-        """Write and empty ``batch``; returns how many samples it held."""
-        labels, errors = batch.take()
-        if errors:
-            fault_point("before_write")
-            try:
-                self._write(labels, errors)
-            except pymongo.errors.PyMongoError as e:
-                raise DatabaseError(self.summary.processed, len(errors), e) from e
-            fault_point("after_write")
-            self.summary.processed += sum(v is None for v in errors.values())
-        return len(errors)
-
-    def _labels_of(self, key: tuple[str, str], result: Any) -> dict[str, Any]:
-        """Every output label of one sample (files written first); runs on a CRF worker
-        thread when ``crf_workers`` > 0, so it only reads the run's settings."""
-        return self.labels_for(key[0], result)
-
-    def labels_for(self, sid: str, result: Any) -> dict[str, Any]:
-        """Every output label of one result, by field; its mask and heatmap files (if any) are
-        named after ``sid``."""
-        f = self.fields
-        labels: dict[str, Any] = {}
-        result = L.without_specks(result, self.config.min_region_pixels)
-        if f.segmentation:
-            path = None
-            if self.output_dir is not None:
-                mask = L.semantic_mask(result, self.values, self.dtype)
-                path = write_png_atomic(mask, self.output_dir / "masks" / f"{sid}.png")
-            labels[f.segmentation] = L.segmentation_label(
-                result, self.values, self.dtype, mask_path=path
+        if overrides:
+            kwargs["config"], spelled = _config_with(kwargs.get("config"), overrides)
+            warnings.warn(
+                f"segment_collection({', '.join(f'{k}=...' for k in overrides)}): CaRConfig "
+                "fields as keyword arguments are deprecated and stop working in cliprnn 0.3: "
+                f"write {spelled}",
+                FutureWarning,
+                stacklevel=2,
             )
-        if f.detections:
-            labels[f.detections] = L.detections_label(result, self.values, self.instances)
-        labels[f.scores] = L.scores_label(result)
-        if f.heatmaps:
-            maps = L.heatmap_arrays(result)
-            for q, name in f.heatmaps.items():
-                if q not in maps:
-                    labels[name] = None
-                    continue
-                p = self.output_dir / "heatmaps" / f"{sid}_{self.values[q]}.png"
-                labels[name] = fo.Heatmap(
-                    map_path=write_png_atomic(maps[q], p), range=[0, 255], query=q
-                )
-        return labels
+        return func(sample_collection, queries, **kwargs)
 
-    def _write(self, labels: dict[str, dict[str, Any]], errors: dict[str, str | None]) -> None:
-        """Write a batch: each sample's labels (and error) in one update, so a sample is
-        written whole or not at all."""
-        error = self.fields.error
-        if errors and (any(errors.values()) or self.error_store.has(error)):
-            if not self.error_store.has(error):
-                with dataset_edit(self.dataset):
-                    self.error_store.declare(error, fo.StringField)
-            if self.error_store is self.store:
-                labels = {**labels, error: dict(errors)}
-            else:
-                self.error_store.write({error: dict(errors)})
-        if self.overwrite:
-            self._supersede(errors)
-        self.store.write({name: values for name, values in labels.items() if values})
-
-    def _supersede(self, ids: Iterable[str]) -> None:
-        """Record the instances an overwrite replaces on samples ``ids`` as superseded, so an
-        old copy the App still holds is refused by the next fold-back, not folded in."""
-        det = self.fields.detections
-        if not det or self.store.prefix or not self.store.has(det):
-            return
-        from cliprnn.fiftyone.edits import Superseded, relabel_fingerprint
-
-        replaced = Superseded(self.dataset, self.fields.label_field)
-        view = self.dataset.select(list(ids)).exists(det)
-        for sid, dets in zip(*view.values(["id", f"{det}.detections"]), strict=True):
-            replaced.add(sid, [relabel_fingerprint(d) for d in dets or []])
-        replaced.flush()
-
-    def _prepare_dataset(self, declare_error: bool = False) -> None:
-        """Declare the output fields (a batch may hold only None) and record mask targets.
-
-        ``declare_error`` also declares the error field when failures are skipped (a sharded
-        run: its shards must not add a field to the schema, as two could race)."""
-        with dataset_edit(self.dataset):
-            self._declare_outputs(declare_error)
-
-    def _declare_outputs(self, declare_error: bool) -> None:
-        ds = self.dataset
-        f = self.fields
-        types = {
-            f.segmentation: fo.Segmentation,
-            f.detections: fo.Detections,
-            f.scores: fo.Classifications,
-            **{name: fo.Heatmap for name in f.heatmaps.values()},
-        }
-        self.store.declare_labels({name: cls for name, cls in types.items() if name})
-        if declare_error and self.skip_failures:
-            self.error_store.declare(f.error, fo.StringField)
-        seg, det = self.store.path(f.segmentation), self.store.path(f.detections)
-        if seg:
-            ds.mask_targets = {**ds.mask_targets, seg: self.mask_targets}
-        if det:
-            ds.classes = {**ds.classes, det: list(dict.fromkeys(self.mask_targets.values()))}
-        _hide_by_default(ds, self.store.path(f.scores))
-        ds.save()
-        if det:
-            make_editable(ds, det, list(dict.fromkeys(self.mask_targets.values())))
-        match_colors(ds, self.mask_targets, seg, det)
+    return accept
 
 
-def _hide_by_default(dataset: fo.Dataset, path: str) -> None:
-    """Leave ``path`` unticked in the App's sidebar by default (a run's scores list every
-    query on every thumbnail, dropped ones included), unless the dataset's default already
-    lists the fields to show."""
-    active = dataset.app_config.active_fields
-    if active is not None and not active.exclude:
-        return
-    paths = list(active.paths) if active is not None else []
-    if path not in paths:
-        dataset.app_config.active_fields = fo.ActiveFields(exclude=True, paths=[*paths, path])
+def _config_with(
+    config: CaRConfig | str | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> tuple[CaRConfig | dict[str, Any], str]:
+    """``config`` with the field values ``overrides`` (None values ignored, as
+    :func:`~cliprnn.fiftyone.engine.resolve_config` does), and how to spell that."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(config, CaRConfig):
+        args = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        return config.replace(**values), f"config=config.replace({args})"
+    if isinstance(config, Mapping):
+        merged = {**config, **values}
+    else:
+        merged = {"preset": config or DEFAULT_PRESET, **values}
+    return merged, f"config={ {**merged, **overrides}!r}"
 
 
-class _Batch:
-    """Labels per output field and the error (None when it succeeded) per sample id, waiting
-    to be written together."""
-
-    def __init__(self, fields: Sequence[str]) -> None:
-        self.fields = list(fields)
-        self.labels: dict[str, dict[str, Any]] = {f: {} for f in self.fields}
-        self.errors: dict[str, str | None] = {}
-
-    def __len__(self) -> int:
-        return len(self.errors)
-
-    def take(self) -> tuple[dict[str, dict[str, Any]], dict[str, str | None]]:
-        """The pending labels and errors; leaves the batch empty."""
-        out = self.labels, self.errors
-        self.labels, self.errors = {f: {} for f in self.fields}, {}
-        return out
-
-
-def config_from_dict(data: Mapping[str, Any]) -> CaRConfig:
-    """The CaRConfig that :meth:`CaRConfig.to_dict` wrote (lists back to tuples).
-
-    The bundled miniature CLIP is named by its folder inside the installed package, which
-    differs between machines: a path to it that does not exist here is mapped to this
-    install's copy (a sharded run planned on one machine runs on others)."""
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    for role in ("proposal", "classifier"):
-        name = f"{role}_model"
-        path = fields.get(name)
-        if isinstance(path, str) and _is_bundled_elsewhere(path, role):
-            from cliprnn.assets import mini_model_paths
-
-            fields[name] = str(mini_model_paths()[role == "classifier"])
-    return CaRConfig().replace(**fields)
-
-
-def _is_bundled_elsewhere(path: str, role: str) -> bool:
-    p = Path(path)
-    return p.is_absolute() and p.parts[-3:] == ("assets", "mini_clip", role) and not p.exists()
-
-
-def _load(item: tuple[str, str], max_pixels: int | None = None) -> Any:
-    return load_image(item[1], max_pixels)
-
-
-def _check_collection(coll: fo.core.collections.SampleCollection) -> None:
-    if coll.media_type != "image":
-        raise ConfigError(
-            f"CaR segments images and videos; this collection's media type is "
-            f"'{coll.media_type}'"
-            + (" (select one group slice first)" if coll.media_type == "group" else "")
-        )
-    if getattr(coll, "_is_patches", False):
-        raise ConfigError("CaR segments whole images; run it on the dataset, not a patches view")
-    if getattr(coll, "_is_frames", False):
-        sampled = (coll._frames_stage.config or {}).get("sample_frames")
-        if sampled == "dynamic":
-            raise ConfigError(
-                "this frames view reads its frames from the videos (sample_frames='dynamic'); "
-                "run segment on the video collection itself, or on to_frames(sample_frames=True)"
-            )
-
-
-# ---- Where a run's fields live (sample fields, or the frame fields of a video dataset) ----
-
-
-class SampleFields:
-    """A run's fields as sample fields of ``dataset``; values are keyed by sample id."""
-
-    #: What the fields' paths in ``dataset`` start with (mask targets, colours, label schema).
-    prefix = ""
-
-    def __init__(self, dataset: fo.Dataset) -> None:
-        self.dataset = dataset
-
-    def path(self, name: str | None) -> str | None:
-        """The path of field ``name`` in ``dataset`` (None stays None)."""
-        return None if name is None else self.prefix + name
-
-    def schema(self) -> dict[str, Any]:
-        return self.dataset.get_field_schema()
-
-    def has(self, name: str) -> bool:
-        return name in self.schema()
-
-    def declare(self, name: str, ftype: type, **kwargs: Any) -> None:
-        """Add field ``name`` unless it exists."""
-        if not self.has(name):
-            self.dataset.add_sample_field(name, ftype, **kwargs)
-
-    def declare_labels(self, types: Mapping[str, type]) -> None:
-        """Add the label fields ``types`` (name -> label class) that do not exist, in one
-        schema update (a run with a heatmap field per query adds hundreds)."""
-        schema = self.schema()
-        missing = {n: c for n, c in types.items() if n not in schema}
-        if missing:
-            _merge_label_fields(self.dataset, self._doc_cls(), missing)
-
-    def _doc_cls(self) -> Any:
-        """The document class whose schema holds the fields."""
-        return self.dataset._sample_doc_cls
-
-    def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
-        """Write ``labels`` (field -> sample id -> value); each sample's fields in one update,
-        so a sample is written whole or not at all."""
-        write_whole(self.dataset, labels)
-
-
-def _merge_label_fields(dataset: fo.Dataset, doc_cls: Any, types: Mapping[str, type]) -> None:
-    """Declare embedded label fields on ``doc_cls`` (a dataset's sample or frame document
-    class) with one save of the dataset document, as ``add_sample_field`` does for one."""
-    fields = {
-        name: doc_cls._create_field(name, fo.EmbeddedDocumentField, embedded_doc_type=cls)
-        for name, cls in types.items()
-    }
-    if doc_cls.merge_field_schema(fields):
-        dataset._reload()
-
-
-def write_whole(
-    collection: fo.core.collections.SampleCollection, labels: Mapping[str, Mapping[str, Any]]
-) -> None:
-    """Set ``labels`` (field -> sample id -> value) on the samples of ``collection``, each
-    sample's fields in one database update."""
-    rows: dict[str, dict[str, Any]] = {}
-    for name, values in labels.items():
-        for sid, value in values.items():
-            rows.setdefault(sid, {})[name] = value
-    if not rows:
-        return
-    view = collection.select(list(rows)).select_fields(list(labels))
-    for sample in view.iter_samples(autosave=True, batch_size=len(rows)):
-        for name, value in rows[sample.id].items():
-            sample[name] = value
-
-
-class FrameFields(SampleFields):
-    """A run's fields as frame fields of the video ``dataset``; values are keyed by video
-    sample id, each a mapping of frame number (from 1) to label."""
-
-    prefix = "frames."
-
-    def schema(self) -> dict[str, Any]:
-        return self.dataset.get_frame_field_schema() or {}
-
-    def declare(self, name: str, ftype: type, **kwargs: Any) -> None:
-        if not self.has(name):
-            self.dataset.add_frame_field(name, ftype, **kwargs)
-
-    def _doc_cls(self) -> Any:
-        return self.dataset._frame_doc_cls
-
-    def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
-        """Write ``labels`` (field -> video sample id -> frame number -> label), field by
-        field (a resume checks each frame's outputs, see the video run)."""
-        for name, values in labels.items():
-            self.dataset.set_values(self.prefix + name, dict(values), key_field="id")
-
-
-class FramesViewFields(FrameFields):
-    """A run's fields on a frames view (``to_frames()``): sample fields of the view's frames,
-    keyed by frame sample id, written through to the frame fields of its video dataset."""
-
-    def __init__(self, view: fo.core.collections.SampleCollection) -> None:
-        super().__init__(view._root_dataset)
-        self.view = view
-
-    def declare(self, name: str, ftype: type, **kwargs: Any) -> None:
-        super().declare(name, ftype, **kwargs)
-        frames = self.view._frames_dataset
-        if not frames.has_field(name):
-            frames.add_sample_field(name, ftype, **kwargs)
-
-    def declare_labels(self, types: Mapping[str, type]) -> None:
-        super().declare_labels(types)
-        SampleFields(self.view._frames_dataset).declare_labels(types)
-
-    def write(self, labels: Mapping[str, Mapping[str, Any]]) -> None:
-        """Write ``labels`` (field -> frame sample id -> label), each frame whole, through
-        the frames view to the video dataset's frame fields."""
-        write_whole(self.view, labels)
-
-
-def _check_exemplar_names(
-    exemplars: Mapping[str, Exemplars], texts: Sequence[str], where: str
-) -> None:
-    """QueryError when an exemplar query has the name of a text query from ``where``."""
-    folded = {t.casefold() for t in texts}
-    clash = [name for name in exemplars if name.casefold() in folded]
-    if clash:
-        raise QueryError(
-            f"exemplar query {clash[0]!r} has the name of a class in {where}; rename the "
-            "exemplar set or leave that class out"
-        )
-
-
-def _describe_exemplars(exemplars: Exemplars) -> dict[str, Any]:
-    """What the run record says of an exemplar query: its size and, for files, where."""
-    images = exemplars.images
-    paths = [str(i) for i in images] if all(isinstance(i, (str, Path)) for i in images) else None
-    return {"images": len(images), "paths": paths, "boxes": exemplars.to_spec()["boxes"]
-            if paths else None}  # fmt: skip
-
-
+@_old_spellings
 def segment_collection(
     sample_collection: fo.core.collections.SampleCollection,
     queries: Sequence[str | Exemplars] | str | None = None,
-    classes_from: str | None = None,
-    label_field: str = "car",
+    *,
     config: CaRConfig | str | Mapping[str, Any] | None = None,
+    label_field: str = DEFAULT_LABEL_FIELD,
+    outputs: Sequence[str] = DEFAULT_OUTPUTS,
+    classes_from: str | None = None,
+    classes: Sequence[str] | None = None,
+    queries_from: str | None = None,
+    instances: str = DEFAULT_INSTANCES,
+    output_dir: str | None = None,
+    allow_media_dir: bool = False,
     overwrite: bool = False,
     skip_existing: bool = False,
     skip_failures: bool = False,
-    outputs: Sequence[str] = ("segmentation",),
-    output_dir: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    num_workers: int = DEFAULT_NUM_WORKERS,
+    prefetch_ahead: int = DEFAULT_PREFETCH_AHEAD,
+    frame_step: int | None = None,
+    carry_queries: bool | None = None,
     progress: bool | Callable[[Progress], Any] | None = None,
-    **kwargs: Any,
 ) -> RunSummary:
-    """Segment every image of ``sample_collection`` for the given queries with CaR.
+    """Segment every image (or video frame) of ``sample_collection`` with CaR and store the
+    results as label fields; returns what the run did.
 
-    A query is text or an :class:`cliprnn.exemplars.Exemplars` (example images; the field's
-    mask targets name it by its ``name``). Queries are the classes of ``classes_from``
-    (``"mask_targets:FIELD"``, ``"classes:FIELD"``, ``"labels:FIELD"``,
-    ``"default_mask_targets"``, ``"default_classes"``) followed by ``queries``. ``config`` is
-    a CaRConfig or a preset name (``"voc"``, ``"mini"``...); extra keyword arguments override
-    its fields, except ``classes`` (the subset of ``classes_from`` to use),
-    ``allow_media_dir`` (let ``output_dir`` lie inside the images' folders), ``num_workers``
-    (decoding threads, 2) and ``prefetch_ahead`` (images decoded ahead, 4). ``outputs``
-    chooses among ``"segmentation"`` (``label_field``, uint8 mask, 0 = background),
-    ``"detections"`` (``<label_field>_det``, editable instance masks with scores) and
-    ``"heatmaps"`` (``<label_field>_heat_<query>``, PNGs under ``output_dir``). Results are
-    written in batches, so an interrupted run keeps what it finished; rerun with
-    ``skip_existing=True`` to complete it.
+    Args:
+        sample_collection: a dataset or view of images or videos, or a frames view
+            (``to_frames()``), whose labels land in the video's frame fields.
+        queries: the text queries (a list, or one per line) and
+            :class:`cliprnn.exemplars.Exemplars` (example images; the mask targets name them
+            by their ``name``), after the classes of ``classes_from``.
+        config: a CaRConfig, a preset name (``"voc"``, ``"mini"``...) or a dict of CaRConfig
+            fields with an optional ``"preset"`` (default: the ``"voc"`` preset).
+        label_field: the semantic mask field; the other outputs are named after it.
+        outputs: any of ``"segmentation"`` (``label_field``, mask value 0 = background),
+            ``"detections"`` (``<label_field>_det``, editable instance masks with scores)
+            and ``"heatmaps"`` (``<label_field>_heat_<query>``, PNGs under ``output_dir``).
+        classes_from: a class list of the dataset to query: ``"mask_targets:FIELD"``,
+            ``"classes:FIELD"``, ``"labels:FIELD"``, ``"default_mask_targets"`` or
+            ``"default_classes"``.
+        classes: the subset of the classes of ``classes_from`` to query.
+        queries_from: ``"tags"`` or a label field: each sample is queried for its own
+            labels (plus ``queries``).
+        instances: one instance per connected ``"region"`` or per ``"class"``.
+        output_dir: an absolute folder for the mask and heatmap PNGs.
+        allow_media_dir: let ``output_dir`` lie inside the images' folders.
+        overwrite: replace the fields an earlier run wrote.
+        skip_existing: segment only the samples (frames) that lack the outputs; an
+            interrupted run completes this way.
+        skip_failures: record a failing sample's error in ``<label_field>_error`` and go on,
+            instead of stopping with a :class:`SampleError`.
+        batch_size: samples (frames) written to the database together.
+        num_workers: threads decoding images ahead of inference.
+        prefetch_ahead: images decoded ahead of inference.
+        frame_step: on videos, label frames 1, 1 + k, 1 + 2k, ... (default every frame).
+        carry_queries: on videos, start each frame's recurrence from the queries the previous
+            labelled frame kept (None: the config's setting, on by default).
+        progress: True/None for a progress bar (FiftyOne's default setting), False for none,
+            or a callable receiving each :class:`Progress`.
 
-    On a video collection the same fields are frame fields (``frames.<label_field>``...):
-    ``frame_step=k`` labels frames 1, 1 + k, ..., ``carry_queries`` (default on) carries the
-    query set from frame to frame, and ``skip_existing`` skips frames; see
-    :class:`cliprnn.fiftyone.video.VideoSegmentationRun`. A frames view (``to_frames()``) is
-    segmented like images, into the video's frame fields.
+    On a video collection the fields are frame fields (``frames.<label_field>``...), and
+    ``skip_existing`` skips frames; see :class:`cliprnn.fiftyone.video.VideoSegmentationRun`.
 
     Example::
 
@@ -941,21 +227,32 @@ def segment_collection(
         from cliprnn.fiftyone import segment_collection
 
         ds = foz.load_zoo_dataset("quickstart")
-        segment_collection(ds.take(10), ["person", "dog", "car"], label_field="car",
-                           config="voc")
+        segment_collection(ds.take(10), ["person", "dog", "car"], config="voc")
+        # ds.cliprnn: the semantic masks; ds.cliprnn_det: the editable instances
     """
-    run = SegmentationRun(
+    options: dict[str, Any] = {}
+    if frame_step is not None:
+        options["frame_step"] = frame_step
+    if carry_queries is not None:
+        options["carry_queries"] = carry_queries
+    run = make_run(
         sample_collection,
         queries,
-        classes_from,
-        label_field,
-        config,
-        outputs,
-        output_dir,
-        overwrite,
-        skip_existing,
-        skip_failures,
-        batch_size,
-        **kwargs,
+        classes_from=classes_from,
+        classes=classes,
+        queries_from=queries_from,
+        label_field=label_field,
+        config=config,
+        outputs=outputs,
+        instances=instances,
+        output_dir=output_dir,
+        allow_media_dir=allow_media_dir,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        skip_failures=skip_failures,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        prefetch_ahead=prefetch_ahead,
+        **options,
     )
     return run.run(progress)

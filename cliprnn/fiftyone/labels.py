@@ -179,3 +179,18 @@ def heatmap_arrays(result: CaRResult) -> dict[str, np.ndarray]:
             soft = np.clip(np.nan_to_num(result.soft_masks[i]), 0.0, 1.0)
             out[q] = np.round(soft * 255.0).astype(np.uint8)
     return out
+
+
+def check_detections_field(ds: fo.Dataset, det_field: str) -> None:
+    """ConfigError unless ``det_field`` is a Detections field of ``ds`` (edits are taken from
+    its instance masks)."""
+    from cliprnn.errors import ConfigError
+
+    if not ds.has_field(det_field):
+        raise ConfigError(f"dataset '{ds.name}' has no field '{det_field}' to take edits from")
+    if not ds._is_label_field(det_field, fo.Detections):
+        kind = type(ds.get_field(det_field)).__name__
+        raise ConfigError(
+            f"field '{det_field}' is not a Detections field ({kind}); edits are taken from the "
+            "instance masks of a Detections field"
+        )

@@ -25,8 +25,8 @@ class CaRModel(fom.Model):
     Example::
 
         model = CaRModel("voc", queries=["cat", "dog"])
-        view.apply_model(model, label_field="car")
-        model.set_mask_targets(view, "car")
+        view.apply_model(model, label_field="cliprnn")
+        model.set_mask_targets(view, "cliprnn")
     """
 
     def __init__(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
 
 from cliprnn.errors import ConfigError, QueryError
+from cliprnn.exemplars import Exemplars
 
 #: Label types whose ``label`` attribute can seed a query list.
 _LABELLED_TYPES = (
@@ -258,3 +260,24 @@ def sample_queries(
     path = TAGS if field_name == TAGS else collection._get_label_field_path(field_name, "label")[1]
     ids, values = collection.values(["id", path])
     return {sid: clean_queries(_as_names(v)) for sid, v in zip(ids, values, strict=True)}
+
+
+def check_exemplar_names(
+    exemplars: Mapping[str, Exemplars], texts: Sequence[str], where: str
+) -> None:
+    """QueryError when an exemplar query has the name of a text query from ``where``."""
+    folded = {t.casefold() for t in texts}
+    clash = [name for name in exemplars if name.casefold() in folded]
+    if clash:
+        raise QueryError(
+            f"exemplar query {clash[0]!r} has the name of a class in {where}; rename the "
+            "exemplar set or leave that class out"
+        )
+
+
+def describe_exemplars(exemplars: Exemplars) -> dict[str, Any]:
+    """What the run record says of an exemplar query: its size and, for files, where."""
+    images = exemplars.images
+    paths = [str(i) for i in images] if all(isinstance(i, (str, Path)) for i in images) else None
+    return {"images": len(images), "paths": paths, "boxes": exemplars.to_spec()["boxes"]
+            if paths else None}  # fmt: skip

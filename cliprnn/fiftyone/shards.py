@@ -30,9 +30,11 @@ import fiftyone as fo
 
 from cliprnn.errors import CaRError, ConfigError
 from cliprnn.fiftyone import runs as R
-from cliprnn.fiftyone.collection import Progress, SegmentationRun
+from cliprnn.fiftyone.collection import make_run
 from cliprnn.fiftyone.labels import output_fields
 from cliprnn.fiftyone.lock import FieldLock, check_run_lock, lock_holder, release_run_lock
+from cliprnn.fiftyone.results import Progress
+from cliprnn.fiftyone.run import SegmentationRun
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ def queue_sharded_run(
     another run holds the field.
     """
     requested = check_shards(shards)
-    run = SegmentationRun(sample_collection, load_model=False, **run_kwargs)
+    run = make_run(sample_collection, load_model=False, **run_kwargs)
     ds = run.dataset
     label_field = run.fields.label_field
     # Decide under the field's lock (a plain one while planning, handed to the run once its

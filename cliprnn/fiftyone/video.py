@@ -23,16 +23,10 @@ import fiftyone as fo
 from fiftyone import ViewField as F
 
 from cliprnn.errors import ConfigError
-from cliprnn.fiftyone.collection import (
-    FrameFields,
-    Progress,
-    RunSummary,
-    SampleError,
-    SampleFields,
-    SegmentationRun,
-    _Batch,
-)
 from cliprnn.fiftyone.engine import get_car
+from cliprnn.fiftyone.results import Progress, RunSummary, SampleError
+from cliprnn.fiftyone.run import SegmentationRun
+from cliprnn.fiftyone.stores import Batch, FrameFields, SampleFields
 from cliprnn.video import LabelledFrame, segment_video
 
 
@@ -269,7 +263,7 @@ class VideoSegmentationRun(SegmentationRun):
         return {n - 1: carry_record(s) for n, s in zip(numbers[0], scores[0], strict=True)}
 
 
-class _FrameBatch(_Batch):
+class _FrameBatch(Batch):
     """Frame labels waiting to be written (per output field: video sample id -> frame number
     -> label), and the error (None when it succeeded) of each video finished since."""
 

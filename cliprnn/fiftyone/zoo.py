@@ -16,8 +16,8 @@ Example::
 
     foz.register_zoo_model_source("https://github.com/cliprnn/cliprnn")
     model = foz.load_zoo_model("clip-as-rnn-voc", classes=["cat", "dog"])
-    dataset.apply_model(model, label_field="car")
-    model.set_mask_targets(dataset, "car")
+    dataset.apply_model(model, label_field="cliprnn")
+    model.set_mask_targets(dataset, "cliprnn")
 """
 
 from __future__ import annotations

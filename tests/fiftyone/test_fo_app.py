@@ -105,13 +105,13 @@ def test_form_prefills_classes_and_flags_existing_field(app_server, app_dataset)
 
 
 def test_form_opens_without_errors_on_a_field_that_exists(app_server, app_dataset) -> None:
-    app_dataset.add_sample_field("car", fo.EmbeddedDocumentField, fo.Segmentation)
+    app_dataset.add_sample_field("cliprnn", fo.EmbeddedDocumentField, fo.Segmentation)
     try:
         props = _form(app_server, app_dataset, {"query_text": "a"})["type"]["properties"]
-        assert props["label_field"]["default"] == "car_2"
+        assert props["label_field"]["default"] == "cliprnn_2"
         assert not [p for p in props.values() if p.get("invalid")]
     finally:
-        app_dataset.delete_sample_field("car")
+        app_dataset.delete_sample_field("cliprnn")
 
 
 def test_form_refuses_models_it_cannot_load_and_defaults_to_mini_offline(

@@ -7,7 +7,8 @@ import threading
 import fiftyone as fo
 import pytest
 
-import cliprnn.fiftyone.collection as collection
+import cliprnn.fiftyone.run as run_module
+import cliprnn.fiftyone.stores as stores
 from cliprnn.fiftyone import SampleError, segment_collection
 
 pytestmark = pytest.mark.fiftyone
@@ -22,14 +23,14 @@ def test_decoding_runs_ahead_on_threads_and_writes_are_batched(
     ds = make_dataset(files=[*scene_files[:2], missing, *scene_files[2:4]])
     ids = ds.values("id")
     decoded_on: list[str] = []
-    real_load = collection.load_image
+    real_load = run_module.load_image
 
     def spy_load(path, max_pixels=None):
         decoded_on.append(threading.current_thread().name)
         return real_load(path, max_pixels)
 
     writes: list[tuple[str, int]] = []  # (field, samples) of each batch write
-    real_write = collection.write_whole
+    real_write = stores.write_whole
 
     def spy_write(coll, labels):
         writes.extend((field, len(values)) for field, values in labels.items())
@@ -38,13 +39,14 @@ def test_decoding_runs_ahead_on_threads_and_writes_are_batched(
     def no_save(self, *args, **kwargs):
         raise AssertionError("a per-sample save() during a run")
 
-    monkeypatch.setattr(collection, "load_image", spy_load)
-    monkeypatch.setattr(collection, "write_whole", spy_write)
+    monkeypatch.setattr(run_module, "load_image", spy_load)
+    monkeypatch.setattr(stores, "write_whole", spy_write)
     monkeypatch.setattr(fo.Sample, "save", no_save)
 
     s = segment_collection(
-        ds, QUERIES, config=tiny_config, batch_size=2, skip_failures=True, progress=False
-    )
+        ds, QUERIES, label_field="car", outputs=["segmentation"], config=tiny_config,
+        batch_size=2, skip_failures=True, progress=False,
+    )  # fmt: skip
 
     assert (s.processed, s.failed) == (4, 1)
     assert len(decoded_on) == 5
@@ -65,7 +67,8 @@ def test_load_error_without_skip_names_the_sample_and_keeps_the_batch_before(
     ds = make_dataset(files=[scene_files[0], scene_files[1], scene_files[2], not_image])
     ids = ds.values("id")
     with pytest.raises(SampleError) as info:
-        segment_collection(ds, QUERIES, config=tiny_config, batch_size=2, progress=False)
+        segment_collection(ds, QUERIES, label_field="car", config=tiny_config, batch_size=2,
+                           progress=False)  # fmt: skip
     assert info.value.sample_id == ids[3] and info.value.filepath == str(not_image)
     assert ids[3] in str(info.value) and str(not_image) in str(info.value)
     # the first batch and the finished sample of the failing batch are kept

@@ -392,7 +392,9 @@ def test_a_run_with_a_stored_set_names_it_in_the_mask_targets(scenes) -> None:
     summary = segment_collection(
         scenes,
         queries=["blue square", load_exemplar_set(scenes, "mascot")],
+        label_field="car",
         config="mini",
+        outputs=["segmentation"],
         progress=False,
     )
     assert summary.processed == len(scenes)

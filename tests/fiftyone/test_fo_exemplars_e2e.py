@@ -88,13 +88,13 @@ def test_store_a_selection_as_exemplars_and_segment_with_it(app, pictures_datase
 
     def written() -> bool:
         ds.reload()
-        return "car" in ds.get_field_schema() and ds.count("car") == len(ds)
+        return "cliprnn" in ds.get_field_schema() and ds.count("cliprnn") == len(ds)
 
     ad.wait_until(page, written, 300)
-    targets = ds.mask_targets["car"]
+    targets = ds.mask_targets["cliprnn"]
     assert sorted(targets.values()) == sorted([TEXT, NAME])
     value = next(v for v, n in targets.items() if n == NAME)
-    masks = dict(zip(ids, ds.values("car.mask"), strict=True))
+    masks = dict(zip(ids, ds.values("cliprnn.mask"), strict=True))
     assert all(m.shape == SIZE[::-1] for m in masks.values())
     pixels = {sid: int((m == value).sum()) for sid, m in masks.items()}
     assert any(pixels.values()), f"no '{NAME}' pixel in any mask: {pixels}"
@@ -105,7 +105,7 @@ def test_store_a_selection_as_exemplars_and_segment_with_it(app, pictures_datase
     # 3. open the sample with the most "mascot" pixels: the tooltip names the set over them
     sid = max(pixels, key=pixels.get)
     ad.open_sample(page, ids.index(sid))
-    ad.ensure_field_shown(page, "car")
+    ad.ensure_field_shown(page, "cliprnn")
     ys, xs = np.nonzero(masks[sid] == value)
     centre = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)  # a pixel of the set
     point = (xs[centre] + 0.5, ys[centre] + 0.5)

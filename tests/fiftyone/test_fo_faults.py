@@ -215,9 +215,10 @@ def test_a_database_outage_ends_the_run_in_words_and_keeps_what_was_written(
     make_dataset, tiny_config, monkeypatch
 ) -> None:
     from cliprnn.fiftyone import collection as C
+    from cliprnn.fiftyone import stores
 
     ds = make_dataset(6)
-    real = C.write_whole
+    real = stores.write_whole
     calls = []
 
     def flaky(collection, labels):
@@ -226,7 +227,7 @@ def test_a_database_outage_ends_the_run_in_words_and_keeps_what_was_written(
             raise pymongo.errors.ServerSelectionTimeoutError("localhost:27017: timed out")
         return real(collection, labels)
 
-    monkeypatch.setattr(C, "write_whole", flaky)
+    monkeypatch.setattr(stores, "write_whole", flaky)
     with pytest.raises(C.DatabaseError) as info:
         segment_collection(ds, QUERIES, label_field="car", config=tiny_config, batch_size=2,
                            progress=False)  # fmt: skip
@@ -235,7 +236,7 @@ def test_a_database_outage_ends_the_run_in_words_and_keeps_what_was_written(
     assert "2 sample(s) written before are kept" in text
     assert "skip_existing=True" in text
     assert ds.count("car") == 2
-    monkeypatch.setattr(C, "write_whole", real)
+    monkeypatch.setattr(stores, "write_whole", real)
     summary = segment_collection(ds, QUERIES, label_field="car", config=tiny_config,
                                  skip_existing=True, progress=False)  # fmt: skip
     assert (summary.processed, summary.skipped) == (4, 2)

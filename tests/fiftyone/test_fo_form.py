@@ -88,8 +88,8 @@ def test_the_form_says_what_a_run_writes_and_on_which_samples(make_dataset, tiny
     props = _form(ds, {**base, "view_target": "SELECTED_SAMPLES"}, selected=ids[:2])
     writes = props["writes"].view.label
     assert writes.startswith(
-        "Writes fields 'car', 'car_det', 'car_scores' (and 'car_error' for failing samples) "
-        "on the 2 selected samples"
+        "Writes fields 'cliprnn', 'cliprnn_det', 'cliprnn_scores' (and 'cliprnn_error' for "
+        "failing samples) on the 2 selected samples"
     )
     assert list(props)[:2] == ["view_target", "writes"]  # first thing under the target
     props = _form(ds.limit(1), {**base, "view_target": "CURRENT_VIEW"})

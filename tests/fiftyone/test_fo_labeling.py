@@ -86,7 +86,7 @@ def _instances(ds: fo.Dataset, sid: str, label: str) -> list[fo.Detection]:
 # ------------------------------------------------------------------ editable by default
 def test_a_run_makes_its_instances_editable_with_every_class(make_dataset, tiny_config) -> None:
     ds = make_dataset(2)
-    segment_collection(ds, QUERIES, config=tiny_config, progress=False,
+    segment_collection(ds, QUERIES, label_field="car", config=tiny_config, progress=False,
                        outputs=["segmentation", "detections"])  # fmt: skip
     assert "car_det" in ds.active_label_schemas
     schema = ds.label_schemas["car_det"]
@@ -182,7 +182,7 @@ def test_file_backed_added_deleted_and_relabelled_instances(labelled, tmp_path: 
 
 def test_the_run_record_notes_folded_edits(make_dataset, tiny_config) -> None:
     ds = make_dataset(1)
-    segment_collection(ds, QUERIES, config=tiny_config, progress=False,
+    segment_collection(ds, QUERIES, label_field="car", config=tiny_config, progress=False,
                        outputs=["segmentation", "detections"])  # fmt: skip
     sample = ds.first()
     sample["car_det"].detections.append(

@@ -97,20 +97,20 @@ def test_two_runs_scheduled_back_to_back_land_in_two_fields(
     params = _params(tiny_config)
     first, op1 = _schedule_like_the_app(ds, params)
     second, op2 = _schedule_like_the_app(ds, params)
-    assert (first, second) == ("car", "car_2")  # the queued run's field is taken already
-    assert set(reserved_fields(ds)) == {"car", "car_2"}
-    assert [r["field"] for r in scheduled_runs(ds)] == ["car", "car_2"]
+    assert (first, second) == ("cliprnn", "cliprnn_2")  # the queued run's field is taken already
+    assert set(reserved_fields(ds)) == {"cliprnn", "cliprnn_2"}
+    assert [r["field"] for r in scheduled_runs(ds)] == ["cliprnn", "cliprnn_2"]
     svc = DelegatedOperationService()
-    assert svc.get(op1).label == "Segment into 'car'"
+    assert svc.get(op1).label == "Segment into 'cliprnn'"
     # the form names the reserved fields' runs and refuses them
-    props = _form(ds, {**params, "label_field": "car"})
+    props = _form(ds, {**params, "label_field": "cliprnn"})
     assert props["label_field_error"].invalid
     assert "reserved by a run scheduled" in props["label_field_error"].error_message
     listed = props["scheduled_runs"].default  # (another test's worker may have started one)
-    assert "- 'car' " in listed and "- 'car_2' " in listed
+    assert "- 'cliprnn' " in listed and "- 'cliprnn_2' " in listed
     # a run scheduled into a reserved field is refused when it is scheduled, not on the worker
     with pytest.raises(Exception, match="reserved"):
-        foo.execute_operator(URI, dict(dataset=ds, params={**params, "label_field": "car_2"}),
+        foo.execute_operator(URI, dict(dataset=ds, params={**params, "label_field": "cliprnn_2"}),
                              request_delegation=True)  # fmt: skip
     assert svc.count(filters={"operator": URI, "dataset_id": ds._doc.id}) == 2  # none queued
 
@@ -119,30 +119,30 @@ def test_two_runs_scheduled_back_to_back_land_in_two_fields(
         doc = svc.get(op)
         assert doc.run_state == ExecutionRunState.COMPLETED, (doc.result, out[-3000:])
     ds.reload()
-    for field in ("car", "car_2"):
+    for field in ("cliprnn", "cliprnn_2"):
         assert ds.count(field) == 2 and ds.count(f"{field}_det") == 2
         assert ds.mask_targets[field] == {1: "red circle", 2: "blue square"}
         report = check_field(ds, field)
         assert report.ok and report.checked == 2, report.summary()
     assert reserved_fields(ds) == {} and scheduled_runs(ds) == []
     # the next form offers the next free name
-    assert _form(ds, params)["label_field"].default == "car_3"
+    assert _form(ds, params)["label_field"].default == "cliprnn_3"
 
     # the App opens the dataset: one notification for both runs, their fields shown
     result = foo.execute_operator(ANNOUNCE, dict(dataset=ds))
     ended = {e["field"]: e for e in result.result["ended"]}  # in the order they finished
-    assert sorted(ended) == ["car", "car_2"] and all(e["ok"] for e in ended.values())
-    assert ended["car"]["message"] == (
-        "Segmented 2 samples into 'car'; edit 'car_det' in the Annotate tab"
+    assert sorted(ended) == ["cliprnn", "cliprnn_2"] and all(e["ok"] for e in ended.values())
+    assert ended["cliprnn"]["message"] == (
+        "Segmented 2 samples into 'cliprnn'; edit 'cliprnn_det' in the Annotate tab"
     )
     requests = {r.operator_uri: r.params for r in result.executor._requests}
     assert requests["notify"]["variant"] == "success"
-    assert "Scheduled run into 'car_2' finished" in requests["notify"]["message"]
+    assert "Scheduled run into 'cliprnn_2' finished" in requests["notify"]["message"]
     assert sorted(requests["set_active_fields"]["fields"]) == [
-        "car", "car_2", "car_2_det", "car_det"
+        "cliprnn", "cliprnn_2", "cliprnn_2_det", "cliprnn_det"
     ]  # fmt: skip
     colours = {f["path"] for f in requests["set_color_scheme"]["fields"]}
-    assert {"car", "car_det", "car_2", "car_2_det"} <= colours
+    assert {"cliprnn", "cliprnn_det", "cliprnn_2", "cliprnn_2_det"} <= colours
     assert "refresh_colors" in requests
     # announced once: the next dataset open says nothing
     again = foo.execute_operator(ANNOUNCE, dict(dataset=ds))
@@ -178,7 +178,9 @@ def test_a_scheduled_sharded_run_reserves_its_field_until_its_jobs_hold_it(
     ds = make_dataset(2, persistent=True)
     params = _params(tiny_config, shards=2)
     field, op = _schedule_like_the_app(ds, params)
-    assert field == "car" and _form(ds, _params(tiny_config))["label_field"].default == "car_2"
+    assert (
+        field == "cliprnn" and _form(ds, _params(tiny_config))["label_field"].default == "cliprnn_2"
+    )
     svc = DelegatedOperationService()
 
     def ops() -> list:  # the planning job, then the two jobs it queues
@@ -190,13 +192,13 @@ def test_a_scheduled_sharded_run_reserves_its_field_until_its_jobs_hold_it(
     states = [svc.get(i).run_state for i in ops()]
     assert states == [ExecutionRunState.COMPLETED] * 3, out[-3000:]
     ds.reload()
-    assert ds.count("car") == 2 and check_field(ds, "car").ok
+    assert ds.count("cliprnn") == 2 and check_field(ds, "cliprnn").ok
     result = foo.execute_operator(ANNOUNCE, dict(dataset=ds))
     (ended,) = result.result["ended"]
     assert ended["ok"] and ended["planned"]
     requests = {r.operator_uri: r.params for r in result.executor._requests}
     assert (
-        "Scheduled run into 'car' was split into jobs: Planned 'car' as 2 jobs"
+        "Scheduled run into 'cliprnn' was split into jobs: Planned 'cliprnn' as 2 jobs"
         in (requests["notify"]["message"])
     )
 
@@ -207,24 +209,26 @@ def test_a_reservation_whose_operation_is_gone_frees_the_field(
     ds = make_dataset(1, persistent=True)
     params = _params(tiny_config)
     field, op = _schedule_like_the_app(ds, params)
-    assert field == "car" and _form(ds, params)["label_field"].default == "car_2"
+    assert field == "cliprnn" and _form(ds, params)["label_field"].default == "cliprnn_2"
     # opening the dataset meanwhile says the run is still going
     result = foo.execute_operator(ANNOUNCE, dict(dataset=ds))
-    assert result.result == {"ended": [], "pending": ["car"]}
+    assert result.result == {"ended": [], "pending": ["cliprnn"]}
     notes = [r.params for r in result.executor._requests if r.operator_uri == "notify"]
-    assert notes == [{"message": "Still going: 'car' queued", "variant": "info"}]
+    assert notes == [{"message": "Still going: 'cliprnn' queued", "variant": "info"}]
     DelegatedOperationService().delete_operation(op)  # `fiftyone delegated delete`
-    assert reserved_fields(ds) == {"car": reserved_fields(ds)["car"]}  # may be queueing still
+    assert reserved_fields(ds) == {
+        "cliprnn": reserved_fields(ds)["cliprnn"]
+    }  # may be queueing still
     monkeypatch.setattr(scheduled, "QUEUE_GRACE", dt.timedelta(0))  # ... 30 s later
     assert reserved_fields(ds) == {}
-    assert _form(ds, params)["label_field"].default == "car"
+    assert _form(ds, params)["label_field"].default == "cliprnn"
     result = foo.execute_operator(ANNOUNCE, dict(dataset=ds))
     (ended,) = result.result["ended"]
     assert ended == dict(
-        field="car", ok=False, message="its operation was deleted before it ran", planned=False
+        field="cliprnn", ok=False, message="its operation was deleted before it ran", planned=False
     )
     # the name can be scheduled again
     again, op2 = _schedule_like_the_app(ds, params)
-    assert again == "car"
+    assert again == "cliprnn"
     params_of_op = DelegatedOperationService().get(op2).context.request_params["params"]
     assert params_of_op[TOKEN_PARAM]

@@ -50,16 +50,18 @@ def test_two_runs_scheduled_back_to_back_in_the_app(sched_dataset, plugins_dir, 
     ds = sched_dataset
     with ad.plugin_app(ds, plugins_dir, tmp_root / "schedule-app.log") as (base, page, errors):
         ad.goto_dataset(page, base, ds.name, len(ds))
-        for field in ("car", "car_2"):
+        for field in ("cliprnn", "cliprnn_2"):
             prompt = ad.open_operator(page, LABEL)
             ad.field_after(prompt, "Text queries", "textarea").fill("red circle\nblue square")
             ad.pick_option(page, prompt, "Preset", ad_mini_label())
-            # the second form offers the next name: the first run holds 'car' while queued
+            # the second form offers the next name: the first run holds 'cliprnn' while queued
             expect(ad.field_after(prompt, "Output field")).to_have_value(field, timeout=15_000)
             expect(prompt.get_by_text(f"reserves '{field}' for it at once")).to_be_visible()
-            if field == "car_2":
+            if field == "cliprnn_2":
                 # (a worker of another test sharing the database may have started it)
-                expect(prompt.get_by_text(re.compile(r"'car' (queued|running)"))).to_be_visible()
+                expect(
+                    prompt.get_by_text(re.compile(r"'cliprnn' (queued|running)"))
+                ).to_be_visible()
             _schedule(page, prompt)
             expect(page.get_by_text("Operation successfully scheduled")).to_be_visible(
                 timeout=30_000
@@ -67,24 +69,27 @@ def test_two_runs_scheduled_back_to_back_in_the_app(sched_dataset, plugins_dir, 
             expect(prompt).to_have_count(0, timeout=30_000)
         svc = DelegatedOperationService()
         ops = svc.list_operations(operator=URI, dataset_name=ds.name)
-        assert sorted(op.label for op in ops) == ["Segment into 'car'", "Segment into 'car_2'"]
+        assert sorted(op.label for op in ops) == [
+            "Segment into 'cliprnn'",
+            "Segment into 'cliprnn_2'",
+        ]
 
         out = _run_worker_until_done(plugins_dir, [op.id for op in ops])
         for op in ops:
             doc = svc.get(op.id)
             assert doc.run_state == ExecutionRunState.COMPLETED, (doc.result, out[-3000:])
         ds.reload()
-        for field in ("car", "car_2"):
+        for field in ("cliprnn", "cliprnn_2"):
             assert ds.count(field) == len(ds) and ds.count(f"{field}_det") == len(ds)
             report = check_field(ds, field)
             assert report.ok and report.checked == len(ds), report.summary()
 
         # the user opens the dataset again: the App says how the runs ended, shows the fields
         ad.goto_dataset(page, base, ds.name, len(ds))
-        expect(page.get_by_text("Scheduled run into 'car_2' finished", exact=False)).to_be_visible(
-            timeout=30_000
-        )
-        for field in ("car", "car_2"):
+        expect(
+            page.get_by_text("Scheduled run into 'cliprnn_2' finished", exact=False)
+        ).to_be_visible(timeout=30_000)
+        for field in ("cliprnn", "cliprnn_2"):
             expect(page.get_by_test_id(f"checkbox-{field}").locator("input")).to_be_checked(
                 timeout=30_000
             )

@@ -169,11 +169,11 @@ def test_bad_parameters_are_rejected_before_any_sample(make_dataset, tiny_config
     not_clip.mkdir()
     (not_clip / "config.json").write_text("{}")
     cases = [
-        (dict(config=tiny_config.replace(), confidence_threshold=1.5), ConfigError),
-        (dict(config=tiny_config, visual_prompts=["sparkle"]), ConfigError),
+        (dict(config={"preset": "mini", "confidence_threshold": 1.5}), ConfigError),
+        (dict(config={"preset": "mini", "visual_prompts": ["sparkle"]}), ConfigError),
         (dict(config="no-such-preset"), ConfigError),
-        (dict(config=tiny_config, proposal_model="/nonexistent/clip"), ModelLoadError),
-        (dict(config=tiny_config, classifier_model=str(not_clip)), ModelLoadError),
+        (dict(config={"preset": "mini", "proposal_model": "/nonexistent/clip"}), ModelLoadError),
+        (dict(config={"preset": "mini", "classifier_model": str(not_clip)}), ModelLoadError),
         (dict(config=tiny_config, label_field="bad name"), ConfigError),
         (dict(config=tiny_config, output_dir="relative/out"), ConfigError),
         (dict(config=tiny_config, outputs=["everything"]), ConfigError),
@@ -198,7 +198,7 @@ def test_concurrent_run_on_the_same_field_is_refused(make_dataset, tiny_config) 
     held = FieldLock(str(ds._doc.id), ds.name, "car").acquire()
     try:
         with pytest.raises(FieldLockedError, match="being written by another run"):
-            segment_collection(ds, QUERIES, config=tiny_config, progress=False)
+            segment_collection(ds, QUERIES, label_field="car", config=tiny_config, progress=False)
         segment_collection(ds, QUERIES, label_field="car2", config=tiny_config, progress=False)
     finally:
         held.release()
@@ -291,8 +291,8 @@ def test_operator_on_selected_samples_only(make_dataset, tiny_config) -> None:
 
 def test_operator_refuses_existing_field(make_dataset, tiny_config) -> None:
     ds = make_dataset(1)
-    ds.set_values("car", [fo.Segmentation(mask=np.zeros((2, 2), np.uint8))])
-    with pytest.raises(Exception, match="exists"):
+    ds.set_values("cliprnn", [fo.Segmentation(mask=np.zeros((2, 2), np.uint8))])
+    with pytest.raises(Exception, match="exists"):  # the default field
         foo.get_operator(f"{URI}/segment")(ds, queries=QUERIES, **_advanced(tiny_config))
 
 
@@ -306,11 +306,11 @@ def test_operator_output_dir_inside_the_media_needs_consent(make_dataset, tiny_c
         with pytest.raises(Exception, match=r"inside the folder .* that holds the images") as e:
             segment(ds, queries=QUERIES, output_dir=str(out), **_advanced(tiny_config))
         assert "allow_media_dir" not in str(e.value)  # the form's words, not the SDK's
-        assert "car" not in ds.get_field_schema() and not out.exists()
+        assert "cliprnn" not in ds.get_field_schema() and not out.exists()
         segment(ds, queries=QUERIES, output_dir=str(out), allow_media_dir=True,
                 **_advanced(tiny_config))  # fmt: skip
         sample = ds.first()
-        assert sample["car"].mask_path == str(out / "car" / "masks" / f"{sample.id}.png")
+        assert sample["cliprnn"].mask_path == str(out / "cliprnn" / "masks" / f"{sample.id}.png")
     finally:
         shutil.rmtree(out, ignore_errors=True)
 

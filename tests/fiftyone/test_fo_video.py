@@ -19,7 +19,13 @@ from fiftyone import ViewField as F
 from cliprnn.dev.clips import generate_clip, write_video
 from cliprnn.dev.scenes import CLASSES
 from cliprnn.errors import ConfigError
-from cliprnn.fiftyone import SampleError, SegmentationRun, run_info, segment_collection
+from cliprnn.fiftyone import (
+    SampleError,
+    SegmentationRun,
+    make_run,
+    run_info,
+    segment_collection,
+)
 from cliprnn.fiftyone.engine import get_car, resolve_config
 from cliprnn.fiftyone.video import VideoSegmentationRun
 from cliprnn.video import read_frames, segment_video
@@ -84,9 +90,11 @@ def _frames_before_the_fault(path: Path) -> int:
 
 
 def _segment(ds, queries, field="car", **kwargs):
-    """A run with every region kept, so stored masks equal the engine's label maps."""
-    kwargs.setdefault("min_region_pixels", 0)
-    return segment_collection(ds, queries, label_field=field, config="mini", progress=False,
+    """A run with every region kept, so stored masks equal the engine's label maps; the
+    semantic mask alone unless ``outputs`` says otherwise."""
+    kwargs.setdefault("outputs", ["segmentation"])
+    config = {"preset": "mini", "min_region_pixels": 0}
+    return segment_collection(ds, queries, label_field=field, config=config, progress=False,
                               **kwargs)  # fmt: skip
 
 
@@ -209,11 +217,11 @@ def test_skip_existing_recomputes_only_the_frames_without_the_field(
 _WORKER = """
 import sys, time
 import fiftyone as fo
-from cliprnn.fiftyone import SegmentationRun
+from cliprnn.fiftyone import make_run
 
 ds = fo.load_dataset(sys.argv[1])
-run = SegmentationRun(ds, sys.argv[2].split("|"), label_field="car", config="mini",
-                      batch_size=2, min_region_pixels=0)  # as _segment
+run = make_run(ds, sys.argv[2].split("|"), label_field="car", config="mini",
+               outputs=["segmentation"], batch_size=2, min_region_pixels=0)  # as _segment
 for p in run:
     print("written", p.frames_done, flush=True)
     if p.frames_done >= 4:
@@ -334,25 +342,28 @@ def test_operator_form_and_run_on_a_video_dataset(videos, clips, queries) -> Non
     assert "frames are labelled" in props["video_notice"].view.label
     assert "shards" not in props  # sharded runs split images
 
-    op(ds, queries=queries, preset="mini", label_field="car", frame_step=2,
-       carry_queries=False, outputs=["segmentation"])  # fmt: skip
-    assert sorted(_frames(ds, "car")[ds.first().id]) == [1, 3, 5]
-    assert {s.start for s in _frames(ds, "car_scores")[ds.first().id].values()} == {"scratch"}
-    assert run_info(ds, "car")["frame_step"] == 2
-    assert form()["label_field"].default == "car_2"  # "car" is taken, as a frame field
+    assert props["label_field"].default == "cliprnn"
+    op(ds, queries=queries, preset="mini", frame_step=2, carry_queries=False,
+       outputs=["segmentation"])  # fmt: skip
+    assert sorted(_frames(ds, "cliprnn")[ds.first().id]) == [1, 3, 5]
+    assert {s.start for s in _frames(ds, "cliprnn_scores")[ds.first().id].values()} == {"scratch"}
+    assert run_info(ds, "cliprnn")["frame_step"] == 2
+    assert form()["label_field"].default == "cliprnn_2"  # "cliprnn" is taken, as a frame field
 
 
 def test_bad_video_settings_are_refused_before_any_frame(videos, clips, queries, make_dataset):
     ds = videos(clips["b"])
-    assert isinstance(SegmentationRun(ds, queries, config="mini", load_model=False),
+    assert isinstance(make_run(ds, queries, config="mini", load_model=False),
                       VideoSegmentationRun)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"make_run\(collection"):  # not an image run
+        SegmentationRun(ds, queries, config="mini", load_model=False)
     with pytest.raises(ConfigError, match="frame_step must be an integer >= 1"):
         _segment(ds, queries, frame_step=0)
     with pytest.raises(ConfigError, match="frame_step labels every k-th frame of a video"):
         _segment(make_dataset(1), queries, frame_step=2)
     with pytest.raises(ConfigError, match="clips views"):
         _segment(ds.to_clips([[(1, 3)]]), queries)
-    run = SegmentationRun(ds, queries, config="mini", load_model=False)
+    run = make_run(ds, queries, config="mini", load_model=False)
     with pytest.raises(ConfigError, match="sharded runs split image datasets"):
         run.spec()
 

@@ -95,22 +95,22 @@ def test_segment_a_video_dataset_and_see_a_frame_mask_in_the_player(
 
     def written() -> bool:
         ds.reload()
-        return "car" in ds.get_frame_field_schema() and ds.count("frames.car") == 2 * FRAMES
+        return "cliprnn" in ds.get_frame_field_schema() and ds.count("frames.cliprnn") == 2 * FRAMES
 
     ad.wait_until(page, written, 300)
     progress = f"Segmented {2 * FRAMES}/{2 * FRAMES} frames of 2/2 videos"
     expect(page.get_by_text(progress).first).to_be_visible(timeout=60_000)
-    assert ds.mask_targets["frames.car"] == dict(enumerate(queries, start=1))
+    assert ds.mask_targets["frames.cliprnn"] == dict(enumerate(queries, start=1))
     page.get_by_role("button", name="Done", exact=True).click()
     expect(prompt).to_have_count(0, timeout=30_000)
 
     # 2. open the first video, play it, then step to the frame with the largest mask
     sample = ds.first()
-    masks = {n: f["car"].mask for n, f in sample.frames.items()}
+    masks = {n: f["cliprnn"].mask for n, f in sample.frames.items()}
     target = max(masks, key=lambda n: int((masks[n] > 0).sum()))
     assert (masks[target] > 0).sum() > 200, "the mini model labelled too little to look at"
     ad.open_sample(page, 0)
-    _show_only(page, "frames.car", ["frames.car_det", "frames.car_scores"])
+    _show_only(page, "frames.cliprnn", ["frames.cliprnn_det", "frames.cliprnn_scores"])
     played = ad.play_video(page)
     assert len(played) > 1 and played[-1] > played[0], f"the video did not play: {played}"
     ad.seek_frame(page, target)
