@@ -86,7 +86,7 @@ def test_make_run_picks_the_image_run_and_refuses_nothing_else(make_dataset, tin
 def test_one_set_of_defaults_for_the_api_the_run_and_the_form(make_dataset) -> None:
     from fiftyone.operators.executor import ExecutionContext
 
-    from operators.segment import run_kwargs
+    from operators.segment_params import run_kwargs
 
     api = inspect.signature(segment_collection).parameters
     run = inspect.signature(SegmentationRun.__init__).parameters

@@ -41,7 +41,7 @@ def test_a_new_field_shows_the_runs_colours_at_once(colour_dataset, plugins_dir,
 
     if not ad.mini_shipped():
         pytest.skip("the bundled miniature CLIP is not shipped")
-    from operators.segment import PRESET_LABELS
+    from operators.segment_params import PRESET_LABELS
 
     ds = colour_dataset
     with ad.plugin_app(ds, plugins_dir, tmp_root / "colours-app.log") as (base, page, errors):

@@ -327,7 +327,7 @@ def test_the_form_refuses_a_video_dataset() -> None:
 
 
 def test_segment_form_offers_stored_sets_and_text_becomes_optional(scenes) -> None:
-    from operators.segment import run_kwargs
+    from operators.segment_params import run_kwargs
 
     props = _form(SEGMENT, scenes, {"preset": "mini"})
     assert "exemplar_sets" not in props  # none stored: the form is as before

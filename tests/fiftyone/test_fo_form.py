@@ -47,7 +47,7 @@ def test_a_whitespace_only_query_is_refused_in_the_form(make_dataset, tiny_confi
     # blank lines between real queries are dropped, not queried
     props = _form(ds, {"query_text": "red circle\n  \nblue square\n", **_mini(tiny_config)})
     assert _errors(props) == {}
-    from operators.segment import run_kwargs
+    from operators.segment_params import run_kwargs
 
     assert run_kwargs({"query_text": "red circle\n  \nblue square\n"})["queries"] == QUERIES
 

@@ -98,6 +98,6 @@ def test_two_runs_scheduled_back_to_back_in_the_app(sched_dataset, plugins_dir, 
 
 def ad_mini_label() -> str:
     """The preset choice of the bundled model, as the form names it."""
-    from operators.segment import PRESET_LABELS
+    from operators.segment_params import PRESET_LABELS
 
     return PRESET_LABELS["mini"]

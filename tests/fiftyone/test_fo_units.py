@@ -331,7 +331,7 @@ def test_apply_edits_form_pairs_the_instance_field_with_its_semantic_field() -> 
 
 
 def test_text_queries_are_one_per_line_never_split_on_spaces() -> None:
-    from operators.segment import run_kwargs
+    from operators.segment_params import run_kwargs
 
     kwargs = run_kwargs({"query_text": "red circle\n  blue square \n\n", "queries": ["sky"]})
     assert kwargs["queries"][0] == "sky" and "red circle" in kwargs["queries"]
