@@ -14,7 +14,7 @@ from cliprnn.errors import CaRError, ConfigError, ImageError, ModelLoadError, Qu
 from cliprnn.exemplars import Exemplars
 from cliprnn.result import CaRResult, StepTrace
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_PRESET",

@@ -79,7 +79,7 @@ def timed_run(ds, field: str, shards: int, workers: int, plugins: Path, kwargs: 
     procs = start_workers(workers, plugins)
     try:
         start = time.perf_counter()
-        plan = queue_sharded_run(ds, shards, label_field=field, **kwargs)
+        plan = queue_sharded_run(ds, shards, label_field=field, outputs=["segmentation"], **kwargs)
         while True:
             doc = R.get_plan(plan.run_id)
             states = [d["state"] for d in R.shard_docs(plan.run_id)]

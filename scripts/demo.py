@@ -84,14 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     segment(
         ds,
         classes_from="mask_targets:ground_truth",
-        label_field="car",
+        label_field="cliprnn",
         preset=args.preset,
         outputs=["segmentation", "detections"],
         **models,
     )
     seconds = time.perf_counter() - start
     ds.reload()
-    summary = ds.load_run_results("cliprnn_car")
+    summary = ds.load_run_results("cliprnn_cliprnn")
     print(
         f"Segmented {summary.processed} images in {seconds:.1f} s with preset "
         f"'{args.preset}' (failed: {summary.failed})"
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     targets = {0: "background", **ds.mask_targets["ground_truth"]}
     results = ds.evaluate_segmentations(
-        "car", gt_field="ground_truth", eval_key="eval_car", mask_targets=targets
+        "cliprnn", gt_field="ground_truth", eval_key="eval_cliprnn", mask_targets=targets
     )
     metrics = results.metrics()
     miou = mean_iou(results.pixel_confusion_matrix)
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Pixel accuracy {metrics['accuracy']:.3f}  precision {metrics['precision']:.3f}  "
         f"recall {metrics['recall']:.3f}  mIoU {miou:.3f}"
     )
-    kept = sum(len(s.kept) for s in ds.values("car"))
-    queries = len(ds.mask_targets["car"])
+    kept = sum(len(s.kept) for s in ds.values("cliprnn"))
+    queries = len(ds.mask_targets["cliprnn"])
     print(f"Queries per image: {queries}; kept on average: {kept / len(ds):.2f}")
     print("\nOpen it in the App:  make app   (or: fiftyone app launch cliprnn-demo)")
     print("Then open the operator browser (`) and run 'Segment with text (CLIP as RNN)'.")

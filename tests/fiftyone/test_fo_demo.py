@@ -25,9 +25,9 @@ def test_demo_builds_segments_and_evaluates(tiny_clip_dir, capsys) -> None:
         assert "Segmented 2 images" in out and "(failed: 0)" in out
         assert re.search(r"mIoU \d\.\d{3}", out) and "make app" in out
         ds = fo.load_dataset(demo.DATASET)
-        assert ds.persistent and ds.count("car") == 2 and ds.has_evaluation("eval_car")
-        assert ds.mask_targets["car"] == ds.mask_targets["ground_truth"]  # values line up
-        assert ds.load_evaluation_results("eval_car").classes[0] == "background"
+        assert ds.persistent and ds.count("cliprnn") == 2 and ds.has_evaluation("eval_cliprnn")
+        assert ds.mask_targets["cliprnn"] == ds.mask_targets["ground_truth"]  # values line up
+        assert ds.load_evaluation_results("eval_cliprnn").classes[0] == "background"
     finally:
         if fo.dataset_exists(demo.DATASET):
             fo.delete_dataset(demo.DATASET)

@@ -132,7 +132,9 @@ def _through_segment_collection(car: Any, names: list[str], paths: list[Path]) -
         with engine._lock:
             engine._cache[car.config] = car  # the run reuses this engine instead of loading one
         start = time.perf_counter()
-        segment_collection(dataset, names, label_field="car_bench", config=car.config)
+        segment_collection(
+            dataset, names, label_field="car_bench", config=car.config, outputs=["segmentation"]
+        )
         elapsed = time.perf_counter() - start
         done = len(dataset.exists("car_bench"))
         return {
