@@ -5,7 +5,8 @@ wait for the App to save, close the modal.
 Every helper takes a ``page`` whose context was made with
 ``p.selectors.set_test_id_attribute("data-cy")`` (FiftyOne's test ids are ``data-cy``), already
 at the dataset's grid (``/datasets/<name>``). :func:`chromium_page` and :func:`serve_app` make
-both. Findings behind these helpers: ``docs/app_annotate_notes.md``.
+both. Findings behind these helpers: ``docs/app_annotate_notes.md``. One module of ~650 lines
+on purpose: the helpers share the App's selectors and timing rules, found together.
 
 Never ``time.sleep`` while a sync Playwright page is open: use ``page.wait_for_timeout``.
 """

@@ -118,21 +118,21 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
     expect(execute).to_be_enabled(timeout=15_000)
     _shot(page, shots, "labeling_1_segment_form.png")
     execute.click()
-    _wait_db(ds, lambda: "car_det" in ds.get_field_schema() and ds.count("car_det") == 2)
-    assert sorted(ds.exists("car").values("id")) == sorted(chosen)
-    assert FREE_TEXT in ds.mask_targets["car"].values()
-    assert "car_det" in ds.active_label_schemas
-    assert FREE_TEXT in ds.label_schemas["car_det"]["classes"]
+    _wait_db(ds, lambda: "cliprnn_det" in ds.get_field_schema() and ds.count("cliprnn_det") == 2)
+    assert sorted(ds.exists("cliprnn").values("id")) == sorted(chosen)
+    assert FREE_TEXT in ds.mask_targets["cliprnn"].values()
+    assert "cliprnn_det" in ds.active_label_schemas
+    assert FREE_TEXT in ds.label_schemas["cliprnn_det"]["classes"]
     expect(page.get_by_text("Segmented 2/2 samples")).to_be_visible(timeout=60_000)
     page.get_by_role("button", name="Done", exact=True).click()
     expect(prompt).to_have_count(0, timeout=30_000)
-    expect(page.get_by_test_id("checkbox-car_det")).to_be_visible(timeout=30_000)
+    expect(page.get_by_test_id("checkbox-cliprnn_det")).to_be_visible(timeout=30_000)
     _shot(page, shots, "labeling_2_result.png")
 
     # 2. open a sample, correct its largest instance that leaves room for the strokes
     candidates = []
     for s_id in chosen:
-        for det in ds[s_id]["car_det"].detections:
+        for det in ds[s_id]["cliprnn_det"].detections:
             pixels = instance_pixels(det, SIZE[::-1])
             try:
                 candidates.append((int(pixels.sum()), s_id, det, pixels, _strokes(pixels)))
@@ -140,10 +140,10 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
                 continue
     assert candidates, "no instance of the run leaves room for a brush and an eraser line"
     _, sid, target, before_det, (brush_pts, erase_pts) = max(candidates, key=lambda c: c[0])
-    before_seg = ds[sid]["car"].get_mask().copy()
-    value = {n: int(v) for v, n in ds.mask_targets["car"].items()}[target.label]
+    before_seg = ds[sid]["cliprnn"].get_mask().copy()
+    value = {n: int(v) for v, n in ds.mask_targets["cliprnn"].items()}[target.label]
     ad.open_sample(page, CHOSEN[chosen.index(sid)])
-    ad.ensure_field_shown(page, "car_det")
+    ad.ensure_field_shown(page, "cliprnn_det")
     assert ad.open_annotate_tab(page) == "labels"  # editable with no set-up by hand
     assert ad.select_detection(page, target.label, nth=_nth(ds, sid, target)) == target.id
     _shot(page, shots, "labeling_3_annotate.png")
@@ -151,20 +151,20 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
     ad.erase(page, erase_pts, ERASER, SIZE)
     _shot(page, shots, "labeling_4_brushed.png")
     ds.reload()
-    edited = next(d for d in ds[sid]["car_det"].detections if d.id == target.id)
+    edited = next(d for d in ds[sid]["cliprnn_det"].detections if d.id == target.id)
     after_det = instance_pixels(edited, SIZE[::-1])
     assert (after_det & ~before_det).any() and (before_det & ~after_det).any()
 
     # 3. fold the edits back from the operator browser, with the sample still open
     ad.deselect(page)
     prompt = ad.open_operator(page, "Apply mask edits (CLIP as RNN)")
-    expect(prompt.get_by_text("car_det", exact=True).first).to_be_visible(timeout=60_000)
+    expect(prompt.get_by_text("cliprnn_det", exact=True).first).to_be_visible(timeout=60_000)
     execute = prompt.get_by_role("button", name="Execute", exact=True)
     expect(execute).to_be_enabled(timeout=15_000)
     _shot(page, shots, "labeling_5_apply_form.png")
     execute.click()
-    _wait_db(ds, lambda: not np.array_equal(ds[sid]["car"].get_mask(), before_seg), 120)
-    after_seg = ds[sid]["car"].get_mask()
+    _wait_db(ds, lambda: not np.array_equal(ds[sid]["cliprnn"].get_mask(), before_seg), 120)
+    after_seg = ds[sid]["cliprnn"].get_mask()
     expected = before_seg.copy()
     expected[after_det & ~before_det] = value
     expected[before_det & ~after_det] = 0
@@ -172,7 +172,7 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
     changed = after_seg != before_seg
     assert changed.any() and not (changed & ~_near([brush_pts, erase_pts], 8)).any()
     other = next(s for s in chosen if s != sid)
-    assert not ds[other]["car"].has_field("edited")  # only the edited sample was rewritten
+    assert not ds[other]["cliprnn"].has_field("edited")  # only the edited sample was rewritten
     expect(prompt.get_by_text("1 sample(s) updated", exact=False)).to_be_visible(timeout=60_000)
     assert not prompt.get_by_text("reload the page", exact=False).count()
     prompt.get_by_role("button", name=re.compile(r"^(Done|Close|OK)$")).first.click()
@@ -184,7 +184,7 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
     ad.wait_for_media_box(page)
     ad.open_explore_tab(page)
     sidebar = ad.modal_sidebar(page)
-    for field, shown in (("car", True), ("car_det", False)):
+    for field, shown in (("cliprnn", True), ("cliprnn_det", False)):
         cb = sidebar.get_by_test_id(f"checkbox-{field}")
         if cb.locator("input").is_checked() != shown:
             cb.click()
@@ -199,13 +199,13 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
     # 5. evaluate against the ground truth, open the evaluation in the App
     targets = {0: "background", **ds.mask_targets["ground_truth"]}
     ds.select(chosen).evaluate_segmentations(
-        "car", gt_field="ground_truth", eval_key="eval_car", mask_targets=targets
+        "cliprnn", gt_field="ground_truth", eval_key="eval_cliprnn", mask_targets=targets
     )
     page.reload(wait_until="domcontentloaded")
     page.get_by_test_id("new-panel-btn").first.click()
     page.get_by_text("Model Evaluation", exact=True).first.click()
-    expect(page.get_by_text("eval_car", exact=True).first).to_be_visible(timeout=60_000)
-    page.get_by_text("eval_car", exact=True).first.click()
+    expect(page.get_by_text("eval_cliprnn", exact=True).first).to_be_visible(timeout=60_000)
+    page.get_by_text("eval_cliprnn", exact=True).first.click()
     page.wait_for_timeout(3000)
     _shot(page, shots, "labeling_7_evaluation.png")
     # The App's mask decoder sometimes reuses a transferred buffer after a page reload; it
@@ -216,5 +216,5 @@ def test_segment_correct_fold_back_and_evaluate_in_the_app(app, loop_dataset, sh
 
 def _nth(ds, sid: str, det: fo.Detection) -> int:
     """Which of the same-label items in the Annotate list ``det`` is (list order = stored)."""
-    same = [d for d in ds[sid]["car_det"].detections if d.label == det.label]
+    same = [d for d in ds[sid]["cliprnn_det"].detections if d.label == det.label]
     return [d.id for d in same].index(det.id)
