@@ -41,6 +41,30 @@ def tmp_root() -> Path:
     return _TMP
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): a tiny
+    model's many small operations are slower when each waits for a second thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_car(tiny_clip_dir: Path):
+    """A loaded VOC-preset CaR on the tiny CLIP (both roles), inference at 48 px, θ = 0.2."""
+    from cliprnn import CaR, CaRConfig
+
+    config = CaRConfig.preset(
+        "voc", proposal_model=str(tiny_clip_dir), classifier_model=str(tiny_clip_dir),
+        device="cpu", max_image_side=48, confidence_threshold=0.2, text_cache_dir=None,
+    )  # fmt: skip
+    return CaR(config).load()
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_root: Path) -> Path:
     """A small randomly initialised CLIPModel saved with save_pretrained (plus tokenizer)."""

@@ -9,11 +9,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cliprnn import CaR, CaRConfig, CaRResult
@@ -26,21 +24,7 @@ from cliprnn.errors import ConfigError, ImageError, QueryError
 QUERIES = ["cat", "dog", "car", "tree"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def car(tiny_clip_dir: Path) -> CaR:
-    config = CaRConfig.preset(
-        "voc", proposal_model=str(tiny_clip_dir), classifier_model=str(tiny_clip_dir),
-        device="cpu", max_image_side=48, confidence_threshold=0.2, text_cache_dir=None,
-    )  # fmt: skip
-    return CaR(config).load()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +38,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list:
 
 
 @pytest.fixture(scope="module")
-def one_by_one(car: CaR, images: list) -> list[CaRResult]:
-    return [car.segment(image, QUERIES) for image in images]
+def one_by_one(tiny_car: CaR, images: list) -> list[CaRResult]:
+    return [tiny_car.segment(image, QUERIES) for image in images]
 
 
 def _same(a: CaRResult, b: CaRResult) -> None:
@@ -113,47 +97,47 @@ def test_importing_the_library_loads_no_torch() -> None:
 
 
 # ---------------------------------------------------------------------- sharing models
-def test_sharing_models_reuses_the_clips_and_matches_a_fresh_engine(car: CaR, images) -> None:
-    twin = car.sharing_models(confidence_threshold=0.5, max_steps=2)
-    assert twin is not car
-    assert twin.proposal_backend is car.proposal_backend
-    assert twin.classifier_backend is car.classifier_backend
-    assert twin.config == car.config.replace(confidence_threshold=0.5, max_steps=2)
+def test_sharing_models_reuses_the_clips_and_matches_a_fresh_engine(tiny_car: CaR, images) -> None:
+    twin = tiny_car.sharing_models(confidence_threshold=0.5, max_steps=2)
+    assert twin is not tiny_car
+    assert twin.proposal_backend is tiny_car.proposal_backend
+    assert twin.classifier_backend is tiny_car.classifier_backend
+    assert twin.config == tiny_car.config.replace(confidence_threshold=0.5, max_steps=2)
     fresh = CaR(twin.config)
     _same(twin.segment(images[0], QUERIES), fresh.segment(images[0], QUERIES))
 
 
 @pytest.mark.parametrize("field", ["proposal_model", "classifier_model", "dtype", "device"])
-def test_sharing_models_refuses_other_models(car: CaR, field: str) -> None:
+def test_sharing_models_refuses_other_models(tiny_car: CaR, field: str) -> None:
     value = {"dtype": "bfloat16", "device": "cuda"}.get(field, "openai/clip-vit-base-patch32")
     with pytest.raises(ConfigError, match=field):
-        car.sharing_models(**{field: value})
+        tiny_car.sharing_models(**{field: value})
 
 
-def test_clean_twin_shares_models_and_the_forced_schedule(car: CaR) -> None:
-    twin = car.clean_twin()
-    assert not twin.config.faithful and twin.proposal_backend is car.proposal_backend
-    assert twin.config == car.config.replace(faithful=False)
-    assert not hasattr(car, "forced_schedule")  # a benchmark hook, off the public class
+def test_clean_twin_shares_models_and_the_forced_schedule(tiny_car: CaR) -> None:
+    twin = tiny_car.clean_twin()
+    assert not twin.config.faithful and twin.proposal_backend is tiny_car.proposal_backend
+    assert twin.config == tiny_car.config.replace(faithful=False)
+    assert not hasattr(tiny_car, "forced_schedule")  # a benchmark hook, off the public class
     try:
-        set_forced_schedule(car, [2, 1])
-        assert car.clean_twin()._forced_schedule == [2, 1]
+        set_forced_schedule(tiny_car, [2, 1])
+        assert tiny_car.clean_twin()._forced_schedule == [2, 1]
     finally:
-        set_forced_schedule(car, None)
-    assert car.clean_twin()._forced_schedule is None
+        set_forced_schedule(tiny_car, None)
+    assert tiny_car.clean_twin()._forced_schedule is None
 
 
 # ---------------------------------------------------------------------- segment_many
 @pytest.mark.parametrize("crf_workers", [0, 2])
-def test_segment_many_equals_segment_per_image(car, images, one_by_one, crf_workers) -> None:
-    engine = car.sharing_models(crf_workers=crf_workers)
+def test_segment_many_equals_segment_per_image(tiny_car, images, one_by_one, crf_workers) -> None:
+    engine = tiny_car.sharing_models(crf_workers=crf_workers)
     results = list(engine.segment_many(images, QUERIES))
     assert len(results) == len(images)
     for got, expected in zip(results, one_by_one, strict=True):
         _same(got, expected)
 
 
-def test_segment_many_reads_images_lazily(car, images, one_by_one) -> None:
+def test_segment_many_reads_images_lazily(tiny_car, images, one_by_one) -> None:
     read: list[int] = []
 
     def stream() -> Iterator:
@@ -161,7 +145,7 @@ def test_segment_many_reads_images_lazily(car, images, one_by_one) -> None:
             read.append(i)
             yield image
 
-    results = car.segment_many(stream(), QUERIES)
+    results = tiny_car.segment_many(stream(), QUERIES)
     assert read == []  # nothing runs before the first result is asked for
     _same(next(results), one_by_one[0])
     results.close()
@@ -169,8 +153,8 @@ def test_segment_many_reads_images_lazily(car, images, one_by_one) -> None:
 
 
 @pytest.mark.parametrize("crf_workers", [0, 2])
-def test_segment_many_names_the_image_that_fails(car, images, one_by_one, crf_workers) -> None:
-    engine = car.sharing_models(crf_workers=crf_workers)
+def test_segment_many_names_the_image_that_fails(tiny_car, images, one_by_one, crf_workers) -> None:
+    engine = tiny_car.sharing_models(crf_workers=crf_workers)
     inputs = [images[0], images[1], "/no/such/image.png", images[2]]
     results = engine.segment_many(inputs, QUERIES)
     _same(next(results), one_by_one[0])  # every image before the failing one comes first
@@ -183,8 +167,8 @@ def test_segment_many_names_the_image_that_fails(car, images, one_by_one, crf_wo
         next(results)
 
 
-def test_segment_many_keeps_the_class_of_other_errors(car, images, monkeypatch) -> None:
-    engine = car.sharing_models()
+def test_segment_many_keeps_the_class_of_other_errors(tiny_car, images, monkeypatch) -> None:
+    engine = tiny_car.sharing_models()
     segment = engine.segment
 
     def failing(image, queries, **kwargs):
@@ -198,7 +182,7 @@ def test_segment_many_keeps_the_class_of_other_errors(car, images, monkeypatch) 
     assert any("images[3] (PIL image 36×44)" in note for note in caught.value.__notes__)
 
 
-def test_segment_many_checks_queries_before_reading_images(car) -> None:
+def test_segment_many_checks_queries_before_reading_images(tiny_car) -> None:
     read: list[int] = []
 
     def stream() -> Iterator:
@@ -206,7 +190,7 @@ def test_segment_many_checks_queries_before_reading_images(car) -> None:
         yield np.zeros((32, 32, 3), np.uint8)
 
     with pytest.raises(QueryError):
-        next(car.segment_many(stream(), "cat"))  # type: ignore[arg-type]
+        next(tiny_car.segment_many(stream(), "cat"))  # type: ignore[arg-type]
     with pytest.raises(QueryError):
-        next(car.segment_many(stream(), []))
+        next(tiny_car.segment_many(stream(), []))
     assert read == []

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from cliprnn import CaR, CaRConfig
 from cliprnn.dev.scenes import generate_scene
@@ -22,21 +21,7 @@ from cliprnn.postprocess import dense_crf
 QUERIES = ["cat", "dog", "car", "tree"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def car(tiny_clip_dir: Path) -> CaR:
-    config = CaRConfig.preset(
-        "voc", proposal_model=str(tiny_clip_dir), classifier_model=str(tiny_clip_dir),
-        device="cpu", max_image_side=48, confidence_threshold=0.2, text_cache_dir=None,
-    )  # fmt: skip
-    return CaR(config).load()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +32,8 @@ def images() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def sequential(car: CaR, images: list[np.ndarray]) -> list:
-    return [car.segment(image, QUERIES) for image in images]
+def sequential(tiny_car: CaR, images: list[np.ndarray]) -> list:
+    return [tiny_car.segment(image, QUERIES) for image in images]
 
 
 def _same(a, b) -> None:
@@ -59,11 +44,11 @@ def _same(a, b) -> None:
     assert (a.queries, a.kept, a.steps, a.warnings) == (b.queries, b.kept, b.steps, b.warnings)
 
 
-def test_segment_is_prepare_then_finish(car: CaR, images, sequential) -> None:
-    prepared = car.prepare(images[2], QUERIES)
+def test_segment_is_prepare_then_finish(tiny_car: CaR, images, sequential) -> None:
+    prepared = tiny_car.prepare(images[2], QUERIES)
     assert prepared.image.shape[:2] == (38, 48) and prepared.full_hw == (64, 80)
     box: list = []
-    worker = threading.Thread(target=lambda: box.append(car.finish(prepared)))
+    worker = threading.Thread(target=lambda: box.append(tiny_car.finish(prepared)))
     worker.start()
     worker.join()
     _same(box[0], sequential[2])
@@ -71,15 +56,17 @@ def test_segment_is_prepare_then_finish(car: CaR, images, sequential) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_stream_yields_in_order_identical_to_sequential(car, images, sequential, workers) -> None:
+def test_stream_yields_in_order_identical_to_sequential(
+    tiny_car, images, sequential, workers
+) -> None:
     items = [(f"img{i}", image) for i, image in enumerate(images)]
-    out = list(segment_stream(car, items, QUERIES, crf_workers=workers))
+    out = list(segment_stream(tiny_car, items, QUERIES, crf_workers=workers))
     assert [key for key, _ in out] == [key for key, _ in items]
     for (_, result), expected in zip(out, sequential, strict=True):
         _same(result, expected)
 
 
-def test_an_exception_for_one_item_is_yielded_in_its_place(car, images, sequential) -> None:
+def test_an_exception_for_one_item_is_yielded_in_its_place(tiny_car, images, sequential) -> None:
     items = [
         ("a", images[0]),
         ("unreadable", OSError("truncated file")),  # as prefetch hands over a failed load
@@ -93,7 +80,7 @@ def test_an_exception_for_one_item_is_yielded_in_its_place(car, images, sequenti
     def queries_for(key: str) -> list[str]:
         return [] if key == "no queries" else QUERIES
 
-    out = list(segment_stream(car, items, queries_for, crf_workers=2))
+    out = list(segment_stream(tiny_car, items, queries_for, crf_workers=2))
     assert [key for key, _ in out] == [key for key, _ in items]
     values = dict(out)
     assert isinstance(values["unreadable"], OSError)
@@ -103,7 +90,7 @@ def test_an_exception_for_one_item_is_yielded_in_its_place(car, images, sequenti
         _same(values[key], sequential[expected])
 
 
-def test_post_runs_on_a_worker_and_its_errors_stay_with_their_item(car, images) -> None:
+def test_post_runs_on_a_worker_and_its_errors_stay_with_their_item(tiny_car, images) -> None:
     threads: set[str] = set()
 
     def post(key: int, result):
@@ -113,14 +100,16 @@ def test_post_runs_on_a_worker_and_its_errors_stay_with_their_item(car, images) 
         return key, int(result.label_map.max())
 
     items = list(enumerate(images[:4]))
-    out = list(segment_stream(car, items, QUERIES, crf_workers=1, post=post, crf_processes=False))
+    out = list(
+        segment_stream(tiny_car, items, QUERIES, crf_workers=1, post=post, crf_processes=False)
+    )
     assert [key for key, _ in out] == [0, 1, 2, 3]
     assert isinstance(out[1][1], ValueError)
     assert [value[0] for key, value in out if key != 1] == [0, 2, 3]
     assert threads and all(name.startswith("cliprnn-crf") for name in threads)
 
 
-def test_closing_early_cancels_the_rest(car, images) -> None:
+def test_closing_early_cancels_the_rest(tiny_car, images) -> None:
     started: list[int] = []
 
     def items():
@@ -128,7 +117,7 @@ def test_closing_early_cancels_the_rest(car, images) -> None:
             started.append(i)
             yield i, images[i % len(images)]
 
-    stream = segment_stream(car, items(), QUERIES, crf_workers=1, crf_processes=False)
+    stream = segment_stream(tiny_car, items(), QUERIES, crf_workers=1, crf_processes=False)
     key, _ = next(stream)
     stream.close()
     assert key == 0 and len(started) <= 3  # never more than workers + 1 images in flight
@@ -146,11 +135,11 @@ def test_crf_in_a_worker_process_equals_in_thread() -> None:
         pool.close()
 
 
-def test_bad_worker_counts_are_rejected(car) -> None:
+def test_bad_worker_counts_are_rejected(tiny_car) -> None:
     with pytest.raises(ValueError, match="crf_workers"):
-        list(segment_stream(car, [], QUERIES, crf_workers=-1))
+        list(segment_stream(tiny_car, [], QUERIES, crf_workers=-1))
     with pytest.raises(TypeError):
-        list(segment_stream(car, [(0, None)], "cat", crf_workers=0))
+        list(segment_stream(tiny_car, [(0, None)], "cat", crf_workers=0))
     from cliprnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match="crf_workers"):

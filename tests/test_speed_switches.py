@@ -14,7 +14,6 @@ when each waits for a second thread on a busy machine. One comparison runs on tw
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,7 @@ SCHEDULE = [4, 2, 2]
 TINY = dict(width=64, layers=2, patch_size=8, image_size=32)  # conftest's tiny_clip_dir model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
