@@ -116,10 +116,11 @@ def calibrate(
     by ``folds``-fold cross-validation (folds drawn with ``seed``): a search on each fold's
     other samples chooses the configuration its held-out samples are scored with, giving
     ``score`` against ``base_score`` on the same samples; the returned configuration comes
-    from one more search on every sample, and is the base configuration (``kept_base``) when
-    cross-validation found no gain. Deterministic for a seed. ``cache=False`` recomputes every
-    pass (the same result, slower). Raises CalibrationError naming the sample or parameter
-    at fault.
+    from one more search on every sample, and is the base configuration (``kept_base``) unless
+    the cross-validated gain exceeds its standard error (the one-standard-error rule: a gain
+    within the noise of a few samples does not replace the base). Deterministic for a seed.
+    ``cache=False`` recomputes every pass (the same result, slower). Raises CalibrationError
+    naming the sample or parameter at fault.
     """
     from cliprnn.imageio import load_image
 
@@ -179,7 +180,9 @@ def calibrate(
     base_ci = bootstrap_interval(*base_counts, resamples, seed)
     gain_ci = paired_gain_interval(cv, base_counts, resamples, seed)
     gain = cv_score - base_score
-    kept_base = not gain > 0.0 or best == start
+    # The bootstrap's 95 % interval spans about ±1.96 standard errors.
+    gain_se = (gain_ci[1] - gain_ci[0]) / (2 * 1.96)
+    kept_base = not gain > gain_se or best == start
     chosen = start if kept_base else best
     changed = {} if kept_base else {
         k: v for k, v, s in zip(KNOBS, best, start, strict=True) if v != s
