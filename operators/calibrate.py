@@ -142,9 +142,10 @@ class Calibrate(foo.Operator):
             yield ctx.trigger("set_progress", dict(progress=1.0, label=message))
             yield ctx.ops.notify(message, variant="error")
             raise
+        # The output view opens again if Done hid the progress, and says what a notification
+        # would (one would cover the view's Done button)
         record = C.calibration_record(ctx.dataset, kwargs["name"])
         yield ctx.ops.show_output(*calibration_output(record))
-        yield ctx.ops.notify(_stored_message(record), variant="success")
 
 
 def calibrate_kwargs(params: dict[str, Any], dataset: Any) -> dict[str, Any]:
@@ -404,7 +405,7 @@ def _word_sets(record: dict[str, Any], base: Any) -> dict[tuple, str]:
     return named
 
 
-def _curve_plot(knob: str, points: list, chosen: Any, base_value: Any, named: dict) -> dict:
+def _curve_plot(knob: str, points: list, tuned: Any, base_value: Any, named: dict) -> dict:
     """A Plotly figure (data, layout) of mIoU against one setting's values."""
     numeric = knob in ("confidence_threshold", "mask_threshold")
     xs = [p[0] if numeric else _value_text(knob, p[0], named) for p in points]
@@ -413,7 +414,7 @@ def _curve_plot(knob: str, points: list, chosen: Any, base_value: Any, named: di
     if numeric:
         line["mode"] = "lines+markers"
     data = [line]
-    marks = (("base", base_value, "#9e9e9e"), ("chosen", chosen, "#ff6d04"))
+    marks = (("base", base_value, "#9e9e9e"), ("calibrated", tuned, "#ff6d04"))
     for label, value, colour in marks:
         hits = [
             (x, y)
@@ -429,7 +430,7 @@ def _curve_plot(knob: str, points: list, chosen: Any, base_value: Any, named: di
                     type="scatter",
                     mode="markers",
                     marker=dict(
-                        size=13, color=colour, symbol="star" if label == "chosen" else "circle"
+                        size=13, color=colour, symbol="star" if label == "calibrated" else "circle"
                     ),
                 )
             )
@@ -445,8 +446,10 @@ def _curve_plot(knob: str, points: list, chosen: Any, base_value: Any, named: di
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Whether two values of a setting are the same (prompt and word sets: in any order; the
+    search space lists prompts in the order they are drawn)."""
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        return list(a or []) == list(b or [])
+        return sorted(a or []) == sorted(b or [])
     if isinstance(a, bool) or isinstance(b, bool):
         return bool(a) == bool(b)
     return abs(float(a) - float(b)) < 1e-9
@@ -537,14 +540,11 @@ def calibration_output(record: dict[str, Any]) -> tuple[dict, dict]:
     table.add_column("base", label=base_name)
     table.add_column("calibrated", label=f"Calibrated '{record['name']}'")
     outputs.list("comparison", types.Object(), label="Before and after", view=table)
-    found = dict(getattr(result, "best_found", None) or {})
     for knob in KNOBS:
         points = result.curve(knob)
         if not points:
             continue
-        figure = _curve_plot(
-            knob, points, found.get(knob, getattr(tuned, knob)), getattr(base, knob), named
-        )
+        figure = _curve_plot(knob, points, getattr(tuned, knob), getattr(base, knob), named)
         outputs.plot(f"curve_{knob}", label=KNOBS[knob], height=300, **figure)
     results = dict(summary=summary, comparison=_table(record, base, tuned, named))
     view = types.View(label=f"Calibration '{record['name']}'")

@@ -17,8 +17,9 @@ chosen values, the configuration to segment with); its results, kept in GridFS b
 16 MB document cap, hold the full record: the search space, every candidate's score, the
 curves and the sample ids. Writes hold the dataset-document lock
 (:func:`cliprnn.fiftyone.lock.dataset_edit`, which reloads the dataset first), so a stale
-dataset object never writes over another process's records; the App's operator contexts load
-the dataset with ``reload=True``, so a calibration a delegated worker stored shows in its forms.
+dataset object never writes over another process's records; reads reload the dataset's
+document, so a calibration another process stored (the App server, a delegated worker) shows
+at once.
 """
 
 from __future__ import annotations
@@ -446,7 +447,11 @@ def _store(
 
 # ------------------------------------------------------------------------------ stored
 def _records(dataset: SampleCollection) -> dict[str, dict[str, Any]]:
+    """The calibration run records of the dataset, read fresh: another process (a delegated
+    worker, the App server) may have stored or deleted one since this dataset object loaded
+    its document."""
     root = dataset._root_dataset
+    root.reload()
     out = {}
     for key in root.list_runs():
         if not key.startswith(RUN_PREFIX):
