@@ -458,7 +458,7 @@ def _same(a: Any, b: Any) -> bool:
 def _table(record: dict[str, Any], base: Any, tuned: Any, named: dict) -> list[dict[str, str]]:
     """The before/after rows: scores with intervals, chosen values, passes."""
     r = record
-    kept = " (kept: no cross-validated gain)" if r["kept_base"] else ""
+    kept = " (base kept: not above its standard error)" if r["kept_base"] else ""
     rows = [
         (
             "mIoU, cross-validated (%), 95 % interval",
@@ -526,7 +526,8 @@ def calibration_output(record: dict[str, Any]) -> tuple[dict, dict]:
     summary = _stored_message(record) + "."
     if record["kept_base"]:
         summary += (
-            " Cross-validation found no gain over the base settings, so the calibration keeps them."
+            " The cross-validated gain over the base settings is not above its standard error, "
+            "so the calibration keeps them."
         )
     summary += (
         f" Calibrated on {record['samples']} samples of '{record['gt_field']}' for "
