@@ -373,3 +373,27 @@ def test_the_operator_calibrates_the_selection_and_shows_curves_and_a_table(
         params = dict(action=action, calibration="picked")
         foo.execute_operator(CALIBRATE, ctx=dict(dataset=scenes, params=params))
     assert "picked" not in list_calibrations(scenes) and "shapes" in list_calibrations(scenes)
+
+
+@pytest.mark.slow
+@needs_mini
+def test_a_scheduled_calibration_runs_on_a_delegated_worker(scenes, calibrated) -> None:
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionRunState
+
+    ids = scenes.values("id")
+    params = dict(view_target="SELECTED_SAMPLES", gt_field="ground_truth", preset="mini",
+                  budget=1, folds=2, name="scheduled")  # fmt: skip
+    ctx = dict(dataset=scenes, selected=ids[2:], params=params)
+    queued = foo.execute_operator(CALIBRATE, ctx=ctx, request_delegation=True)
+    assert queued.delegated and "scheduled" not in list_calibrations(scenes)
+    svc = DelegatedOperationService()
+    op_id = queued.result["id"]
+    assert svc.get(op_id).run_state == ExecutionRunState.QUEUED
+    svc.execute_queued_operations(operator=CALIBRATE, dataset_name=scenes.name)  # a worker
+    doc = svc.get(op_id)
+    assert doc.run_state == ExecutionRunState.COMPLETED, doc.status
+    assert doc.status.progress == pytest.approx(1.0)
+    assert doc.status.label == "Stored the calibration 'scheduled'"
+    assert calibration_record(scenes, "scheduled")["sample_ids"] == ids[2:]
+    delete_calibration(scenes, "scheduled")
