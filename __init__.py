@@ -12,6 +12,7 @@ its folder under ``fo.config.model_zoo_dir`` as the package path), so the relati
 
 def register(p):
     """Register the plugin's operators with FiftyOne."""
+    from .operators.calibrate import Calibrate
     from .operators.check import CheckField
     from .operators.edits import ApplyMaskEdits, EditMaskClasses
     from .operators.exemplars import ExemplarSets
@@ -26,6 +27,7 @@ def register(p):
     p.register(ExemplarSets)
     p.register(CheckField)
     p.register(ScheduledRuns)
+    p.register(Calibrate)
 
 
 def download_model(model_name, model_path):

@@ -22,7 +22,7 @@ from .segment_params import (
     INSTANCE_LABELS,
     NO_SOURCE,
     OUTPUT_LABELS,
-    PRESET_LABELS,
+    config_choices,
     exemplar_queries,
     run_defaults,
     run_kwargs,
@@ -160,16 +160,18 @@ def _exemplar_inputs(ctx, inputs: types.Object) -> list[str]:
 def model_inputs(ctx, inputs: types.Object) -> None:
     from cliprnn.config import PRESETS, VISUAL_PROMPTS, CaRConfig
     from cliprnn.errors import CaRError
+    from cliprnn.fiftyone.calibration import stored_config
 
-    presets = [p for p in PRESET_LABELS if p in PRESETS]
-    default_preset = _default_preset(presets)
+    presets, labels = config_choices(ctx.dataset)
+    default_preset = _default_preset([p for p in presets if p in PRESETS])
     inputs.enum(
         "preset",
         presets,
         default=default_preset,
         label="Preset",
-        description="Paper settings per dataset; models download on first use",
-        view=choices_view(types.DropdownView, presets, PRESET_LABELS),
+        description="Paper settings per dataset, or a calibration stored by 'Calibrate on "
+        "labelled samples'; models download on first use",
+        view=choices_view(types.DropdownView, presets, labels),
     )
     inputs.bool("advanced", default=False, label="Advanced settings", view=types.SwitchView())
     inputs.int(
@@ -181,7 +183,7 @@ def model_inputs(ctx, inputs: types.Object) -> None:
     )
     preset = ctx.params.get("preset") or default_preset
     try:
-        base = CaRConfig.preset(preset)
+        base = CaRConfig.resolve(stored_config(ctx.dataset, preset))
     except CaRError as e:
         fail(inputs, "preset_error", str(e))
         return
@@ -232,7 +234,7 @@ def model_inputs(ctx, inputs: types.Object) -> None:
 
             if not Path(overrides["sam_checkpoint"]).is_file():
                 raise CaRError(f"SAM checkpoint {overrides['sam_checkpoint']!r} is not a file")
-        config = CaRConfig.preset(preset, **overrides)
+        config = CaRConfig.resolve(stored_config(ctx.dataset, preset), **overrides)
     except (CaRError, TypeError, ValueError) as e:
         fail(inputs, "config_error", str(e))
         return

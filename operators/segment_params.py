@@ -50,6 +50,33 @@ ENUM_FIELDS = {
 }
 
 
+def config_choices(dataset: Any) -> tuple[list[str], dict[str, str]]:
+    """The form's "Preset" choices and their labels: the presets, then the calibrations
+    stored on ``dataset`` (value ``calibration:<name>``, see cliprnn.fiftyone.calibration)."""
+    from cliprnn.config import PRESETS
+    from cliprnn.fiftyone.calibration import PREFIX, list_calibrations
+
+    values = [p for p in PRESET_LABELS if p in PRESETS]
+    labels = dict(PRESET_LABELS)
+    for name, record in list_calibrations(dataset).items() if dataset is not None else ():
+        values.append(PREFIX + name)
+        labels[PREFIX + name] = calibration_label(name, record)
+    return values, labels
+
+
+def calibration_label(name: str, record: dict[str, Any]) -> str:
+    """How a form names a stored calibration: ``Calibration 'shapes': 41.2 % mIoU (base
+    33.0 %), cross-validated on 6 samples of 'ground_truth'``."""
+    base = record.get("base") or {}
+    preset = base.get("preset") if isinstance(base, dict) else None
+    of = f" of preset '{preset}'" if preset else ""
+    return (
+        f"Calibration '{name}': {record['score']:.1f} % mIoU (base{of} "
+        f"{record['base_score']:.1f} %), cross-validated on {record['samples']} samples of "
+        f"'{record['gt_field']}'"
+    )
+
+
 def run_defaults() -> Any:
     """:mod:`cliprnn.fiftyone.defaults`, imported when needed: the plugin loads (and its form
     says how to install cliprnn) where cliprnn is missing."""

@@ -3,6 +3,13 @@
 This is the only part of cliprnn that imports fiftyone.
 """
 
+from cliprnn.fiftyone.calibration import (
+    calibrate_view,
+    calibration_config,
+    delete_calibration,
+    list_calibrations,
+    load_calibration,
+)
 from cliprnn.fiftyone.collection import (
     Progress,
     RunSummary,
@@ -35,12 +42,17 @@ __all__ = [
     "SampleError",
     "SegmentationRun",
     "apply_mask_edits",
+    "calibrate_view",
+    "calibration_config",
     "cancel_run",
     "class_sources",
+    "delete_calibration",
     "delete_exemplar_set",
     "edit_mask_classes",
     "exemplars_from",
+    "list_calibrations",
     "list_exemplar_sets",
+    "load_calibration",
     "load_exemplar_set",
     "make_run",
     "queue_sharded_run",

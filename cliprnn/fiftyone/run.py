@@ -103,6 +103,13 @@ class SegmentationRun:
         if isinstance(outputs, str):
             outputs = [outputs]
         self.outputs = list(dict.fromkeys(outputs))
+        #: The stored calibration ``config`` names ("calibration:<name>"), for the record.
+        self.calibration = None
+        if isinstance(config, str) and config.startswith("calibration:"):
+            from cliprnn.fiftyone.calibration import stored_config
+
+            self.calibration = config.partition(":")[2].strip()
+            config = stored_config(self.dataset, config)
         self.config = resolve_config(config, **config_overrides)
         if instances not in INSTANCE_MODES:
             raise ConfigError(f"instances must be one of {list(INSTANCE_MODES)}, got {instances!r}")
@@ -384,6 +391,7 @@ class SegmentationRun:
             skip_existing=self.skip_existing,
             skip_failures=self.skip_failures,
             config=self.config.to_dict(),
+            calibration=getattr(self, "calibration", None),
         )
 
     def run(self, progress: bool | Callable[[Progress], Any] | None = None) -> RunSummary:

@@ -44,6 +44,7 @@ def test_plugin_and_operators_are_discovered_without_errors(plugins_dir) -> None
         f"{PLUGIN_URI}/{n}"
         for n in (
             "apply_mask_edits",
+            "calibrate",
             "check_field",
             "edit_mask_classes",
             "exemplar_sets",

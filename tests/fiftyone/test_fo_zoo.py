@@ -202,6 +202,7 @@ def test_zoo_import_of_the_root_module_keeps_the_plugin_intact(zoo_dir: Path) ->
         "ExemplarSets",
         "CheckField",
         "ScheduledRuns",
+        "Calibrate",
     ]
     assert all(r.startswith("cliprnn.clip-as-rnn.operators.") for r in plugin.registered)
 
