@@ -144,3 +144,42 @@ def test_thousands_of_scenes_a_minute() -> None:
         generate_scene(seed)
     per_minute = 100 / (time.process_time() - start) * 60
     assert per_minute > 2000  # measured ~19,000 a minute on one idle core
+
+
+# -- the default style is frozen ----------------------------------------------------------------
+
+
+def _digest(scene) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(scene.image.tobytes())
+    h.update(scene.label_map.tobytes())
+    h.update(scene.stuff.encode())
+    return h.hexdigest()
+
+
+#: sha256 of image bytes, label bytes and stuff name, recorded before scene styles existed: the
+#: trained miniature CLIPs, the golden data and every benchmark depend on these exact scenes.
+_FROZEN = {
+    (0, (128, 128)): "f8d38265e1ba09b6bcfcf7995da1a5a6f5ac1954197f9e53b435c2168e914cf2",
+    (7, (128, 128)): "92df08ca4062f44fc01817aa475789714504990d32730b27050513fa1edd5c09",
+    (123, (96, 128)): "eba52c67b5a770969ed6844ce1142a3e940dd5b441bc49eef27ab6b3df10d9d0",
+    (500_000, (128, 128)): "7056ede15db2dfc3dcaf8da1e7189bddd3925129b25fe331fb2d03b72cde7802",
+    (10_000_000, (128, 128)): "4d0f5e2be1e20f48c232fa5c76082ad5a497eb1022796fa8bd4867d849250082",
+    (5, (375, 500)): "6e0e412411ad763100f6757a6cbe702ec413f1c981b16dcf4780f9e1654ec4ae",
+}
+
+
+@pytest.mark.parametrize(("seed", "size"), list(_FROZEN))
+def test_default_scenes_are_bit_identical_to_the_recorded_ones(seed: int, size) -> None:
+    assert _digest(generate_scene(seed, size)) == _FROZEN[seed, size]
+
+
+def test_sixty_default_scenes_are_bit_identical_to_the_recorded_ones() -> None:
+    import hashlib
+
+    h = hashlib.sha256()
+    for seed in range(60):
+        h.update(_digest(generate_scene(seed)).encode())
+    assert h.hexdigest() == "94e01aa612ef971e6943cc2d0c71ac03dece35b1d555687f3c4c870b922405c1"
