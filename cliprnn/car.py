@@ -360,7 +360,7 @@ class CaR:
         for idx, background, prompts, bg_factor in passes:
             if state is None or not self.config.reuse_dense_pass:
                 with timed(timings, "dense"):
-                    state = self.proposal_generator.prepare(work)
+                    state = self._dense_state(work)
             out = self._recurrence(
                 work, [names[i] for i in idx], background, prompts, state, trace, timings,
                 exemplars,
@@ -471,7 +471,6 @@ class CaR:
         exemplars: Mapping[str, Any] | None = None,
     ) -> _PassOutput:
         from cliprnn.classifier import keep_decisions
-        from cliprnn.visual_prompts import apply_visual_prompts
 
         cfg = self.config
         live = list(range(len(names)))
@@ -486,7 +485,7 @@ class CaR:
             live_names = [names[i] for i in live]
             if step > 0 and not cfg.reuse_dense_pass:
                 with timed(timings, "dense"):
-                    state = self.proposal_generator.prepare(image)
+                    state = self._dense_state(image)
             proposals, extras = self._propose(
                 state, live_names, background, step, trace, exemplars, timings
             )
@@ -495,25 +494,16 @@ class CaR:
             if prev and not proposals.reshape(len(live), -1).any():
                 proposals = np.stack([prev[i] for i in live])  # the reference's stale-mask guard
             prev = {i: proposals[j] for j, i in enumerate(live)}
-            with timed(timings, "prompts"):
-                prompted = [
-                    apply_visual_prompts(
-                        image, proposals[j], prompts, cfg.mask_threshold, faithful=cfg.faithful
-                    )
-                    for j in range(len(live))
-                ]
-            with timed(timings, "classifier"):
-                columns = self._exemplar_columns(live_names, exemplars, "cls", timings)
-                score_matrix, cls_extras = self.classifier.score(
-                    prompted, live_names, trace=trace, **columns
-                )
+            score_matrix, cls_extras = self._score(
+                image, proposals, live_names, prompts, trace, timings, exemplars
+            )
             diag = np.diag(score_matrix).astype(np.float32)
             kept_local = [int(j) for j in keep_decisions(diag, cfg.confidence_threshold)]
             if self._forced_schedule is not None:
                 keep = self._forced_schedule[min(step, len(self._forced_schedule) - 1)]
                 kept_local = list(range(max(1, min(keep, len(live)))))
             if trace:
-                extras = {**extras, **cls_extras, "prompted_images": np.stack(prompted)}
+                extras = {**extras, **cls_extras}
                 traces.append(
                     StepTrace(
                         queries=live_names,
@@ -537,6 +527,38 @@ class CaR:
             if done:
                 break
         return _PassOutput(live, proposals, final_scores, steps, traces)
+
+    def _dense_state(self, image: np.ndarray) -> Any:
+        """The proposal CLIP's per-image state (CAM input, dense pass, affinity)."""
+        return self.proposal_generator.prepare(image)
+
+    def _score(
+        self,
+        image: np.ndarray,
+        proposals: np.ndarray,
+        names: list[str],
+        prompts: Sequence[str],
+        trace: bool,
+        timings: dict[str, float],
+        exemplars: Mapping[str, Any] | None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The classifier's score matrix [N, N] for ``proposals`` drawn as visual prompts on
+        ``image`` (rows: prompted images, columns: ``names``), and its trace extras (with
+        ``trace``, ``prompted_images`` among them)."""
+        from cliprnn.visual_prompts import apply_visual_prompts
+
+        cfg = self.config
+        with timed(timings, "prompts"):
+            prompted = [
+                apply_visual_prompts(image, p, prompts, cfg.mask_threshold, faithful=cfg.faithful)
+                for p in proposals
+            ]
+        with timed(timings, "classifier"):
+            columns = self._exemplar_columns(names, exemplars, "cls", timings)
+            matrix, extras = self.classifier.score(prompted, names, trace=trace, **columns)
+        if trace:
+            extras = {**extras, "prompted_images": np.stack(prompted)}
+        return matrix, extras
 
     def _exemplar_columns(
         self,

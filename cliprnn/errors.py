@@ -23,3 +23,7 @@ class QueryError(CaRError, ValueError):
 
 class VideoError(ImageError):
     """A video file is missing, unreadable, truncated or holds no frame (names the file)."""
+
+
+class CalibrationError(CaRError, ValueError):
+    """Labelled samples, queries or search settings a calibration cannot use (names which)."""

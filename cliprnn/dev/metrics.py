@@ -4,33 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cliprnn.scoring import confusion, miou_of
 
-def confusion(
-    pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255
-) -> tuple[np.ndarray, np.ndarray]:
-    """One image's (confusion matrix [n, n], missed [n]); see ConfusionMatrix."""
-    pred = np.asarray(pred).reshape(-1).astype(np.int64)
-    gt = np.asarray(gt).reshape(-1).astype(np.int64)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction has {pred.size} pixels, ground truth {gt.size}")
-    n = num_classes
-    valid = (gt != ignore_index) & (gt >= 0) & (gt < n)
-    gt, pred = gt[valid], pred[valid]
-    inside = (pred >= 0) & (pred < n)
-    matrix = np.bincount(n * gt[inside] + pred[inside], minlength=n * n).reshape(n, n)
-    return matrix, np.bincount(gt[~inside], minlength=n)
-
-
-def miou_of(matrix: np.ndarray, missed: np.ndarray) -> float:
-    """Mean IoU (a fraction) over the classes with ground-truth pixels; NaN when none has."""
-    m = matrix.astype(np.float64)
-    tp = np.diag(m)
-    gt = m.sum(axis=1) + missed
-    union = gt + m.sum(axis=0) - tp
-    valid = gt > 0
-    if not valid.any():
-        return float("nan")
-    return float(np.mean(tp[valid] / union[valid]))
+__all__ = ["ConfusionMatrix", "confusion", "miou_of"]
 
 
 class ConfusionMatrix:

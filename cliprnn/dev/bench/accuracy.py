@@ -17,6 +17,7 @@ import numpy as np
 from cliprnn.config import CaRConfig
 from cliprnn.dev.metrics import confusion, miou_of
 from cliprnn.dev.scenes import CLASSES, DEFAULT_SIZE, generate_scene
+from cliprnn.scoring import BOOTSTRAP, bootstrap_interval, paired_gain_interval
 
 #: Held out from training (training pairs use seeds below 1,000,000): 240 seeds spread evenly
 #: over 10,000,000-33,999,999, so no stretch of consecutive seeds decides the result.
@@ -36,33 +37,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 #: Variants whose queries are the image's present classes instead of the whole class list.
 ORACLE_VARIANTS = frozenset({"oracle_queries"})
-
-#: Bootstrap resamples of the 95 % intervals.
-BOOTSTRAP = 1000
-
-
-def bootstrap_interval(
-    matrices: np.ndarray,
-    missed: np.ndarray,
-    resamples: int = BOOTSTRAP,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """95 % percentile interval (in %) of the split's mIoU, images resampled with replacement.
-
-    ``matrices`` [N, C, C] and ``missed`` [N, C] are per image.
-    """
-    n = len(matrices)
-    if n == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    flat = matrices.reshape(n, -1).astype(np.float64)
-    values = []
-    for _ in range(resamples):
-        counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        m = (counts @ flat).reshape(matrices.shape[1:])
-        values.append(miou_of(m, counts @ missed))
-    lo, hi = np.nanpercentile(values, [2.5, 97.5])
-    return 100.0 * float(lo), 100.0 * float(hi)
 
 
 class SplitScore:
@@ -202,29 +176,6 @@ def run_accuracy_benchmark(
     report["seeds"] = describe_seeds(seeds)
     report["seconds"] = time.perf_counter() - start
     return report
-
-
-def paired_gain_interval(
-    a: tuple[np.ndarray, np.ndarray],
-    b: tuple[np.ndarray, np.ndarray],
-    resamples: int = BOOTSTRAP,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """95 % interval (in points) of mIoU(a) - mIoU(b), the same images resampled for both."""
-    n = len(a[0])
-    if n == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    fa, fb = (x[0].reshape(n, -1).astype(np.float64) for x in (a, b))
-    shape = a[0].shape[1:]
-    values = []
-    for _ in range(resamples):
-        counts = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        ma = miou_of((counts @ fa).reshape(shape), counts @ a[1])
-        mb = miou_of((counts @ fb).reshape(shape), counts @ b[1])
-        values.append(ma - mb)
-    lo, hi = np.nanpercentile(values, [2.5, 97.5])
-    return 100.0 * float(lo), 100.0 * float(hi)
 
 
 def describe_seeds(seeds: list[int]) -> str:
