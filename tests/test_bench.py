@@ -176,3 +176,43 @@ def test_first_image_is_reported_cold_and_warm() -> None:
     assert report["first_image_text_seconds"] > 0
     table = format_table(report)
     assert "first image, warm text cache" in table and "first / steady, cold" in table
+
+
+# -- bench-calibration on a tiny split ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_calibration_benchmark_reports_finite_numbers_inside_their_intervals(
+    one_torch_thread,
+) -> None:
+    import json
+    import math
+
+    pytest.importorskip("cliprnn.calibration", reason="the calibration engine is not merged yet")
+    from cliprnn.dev.bench.calibration import format_table, run_calibration_benchmark
+
+    lines: list[str] = []
+    report = run_calibration_benchmark(
+        labelled=[4], seeds=range(10_000_000, 10_400_000, 100_000), styles=["sparse"],
+        budget=4, resamples=200, log=lines.append,
+    )  # fmt: skip
+    json.dumps(report)  # JSON-able
+    assert report["images"] == 4 and report["labelled"] == [4] and report["styles"] == ["sparse"]
+    assert report["labelled_seeds"] == "500000:500004" and report["seconds"] > 0
+    (row,) = report["rows"]
+    assert row["style"] == "sparse" and row["labelled"] == 4
+    for key in ("preset_miou", "calibrated_miou", "gain", "cv_score", "cv_base_score", "cv_gain",
+                "fit_score", "search_seconds"):  # fmt: skip
+        assert math.isfinite(row[key]), key
+    for point, interval in (("preset_miou", "preset_miou_ci"),
+                            ("calibrated_miou", "calibrated_miou_ci"), ("gain", "gain_ci"),
+                            ("cv_score", "cv_score_ci"), ("cv_gain", "cv_gain_ci")):  # fmt: skip
+        lo, hi = row[interval]
+        assert lo <= row[point] <= hi, (point, lo, row[point], hi)
+    assert row["gain"] == pytest.approx(row["calibrated_miou"] - row["preset_miou"])
+    assert 0 < row["passes_computed"] <= row["passes_requested"] <= row["naive_grid_passes"]
+    assert isinstance(row["overrides"], dict) and isinstance(row["kept_base"], bool)
+    if row["kept_base"]:
+        assert row["overrides"] == {} and row["gain"] == 0.0
+    assert any("preset" in line for line in lines)
+    assert "sparse" in format_table(report)

@@ -11,7 +11,9 @@ from cliprnn.config import BACKGROUND_WORDS
 from cliprnn.dev.scenes import (
     CLASSES,
     COLOURS,
+    SCENE_STYLES,
     STUFF,
+    STYLES,
     THINGS,
     describe,
     generate_scene,
@@ -144,3 +146,107 @@ def test_thousands_of_scenes_a_minute() -> None:
         generate_scene(seed)
     per_minute = 100 / (time.process_time() - start) * 60
     assert per_minute > 2000  # measured ~19,000 a minute on one idle core
+
+
+# -- the default style is frozen ----------------------------------------------------------------
+
+
+def _digest(scene) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(scene.image.tobytes())
+    h.update(scene.label_map.tobytes())
+    h.update(scene.stuff.encode())
+    return h.hexdigest()
+
+
+#: sha256 of image bytes, label bytes and stuff name, recorded before scene styles existed: the
+#: trained miniature CLIPs, the golden data and every benchmark depend on these exact scenes.
+_FROZEN = {
+    (0, (128, 128)): "f8d38265e1ba09b6bcfcf7995da1a5a6f5ac1954197f9e53b435c2168e914cf2",
+    (7, (128, 128)): "92df08ca4062f44fc01817aa475789714504990d32730b27050513fa1edd5c09",
+    (123, (96, 128)): "eba52c67b5a770969ed6844ce1142a3e940dd5b441bc49eef27ab6b3df10d9d0",
+    (500_000, (128, 128)): "7056ede15db2dfc3dcaf8da1e7189bddd3925129b25fe331fb2d03b72cde7802",
+    (10_000_000, (128, 128)): "4d0f5e2be1e20f48c232fa5c76082ad5a497eb1022796fa8bd4867d849250082",
+    (5, (375, 500)): "6e0e412411ad763100f6757a6cbe702ec413f1c981b16dcf4780f9e1654ec4ae",
+}
+
+
+@pytest.mark.parametrize(("seed", "size"), list(_FROZEN))
+def test_default_scenes_are_bit_identical_to_the_recorded_ones(seed: int, size) -> None:
+    assert _digest(generate_scene(seed, size)) == _FROZEN[seed, size]
+
+
+def test_sixty_default_scenes_are_bit_identical_to_the_recorded_ones() -> None:
+    import hashlib
+
+    h = hashlib.sha256()
+    for seed in range(60):
+        h.update(_digest(generate_scene(seed)).encode())
+    assert h.hexdigest() == "94e01aa612ef971e6943cc2d0c71ac03dece35b1d555687f3c4c870b922405c1"
+
+
+# -- styles -----------------------------------------------------------------------------------
+
+
+def _largest_side(scene) -> float:
+    """The longest bounding-box side of the scene's largest object, as a fraction of 128."""
+    return max(max(o.bbox[2] - o.bbox[0], o.bbox[3] - o.bbox[1]) for o in scene.objects) / 128
+
+
+def test_styles_are_listed_with_the_default_first() -> None:
+    assert STYLES[0] == "default" and set(STYLES) == set(SCENE_STYLES) and len(STYLES) >= 3
+    with pytest.raises(ValueError, match="unknown scene style 'dense'"):
+        generate_scene(0, style="dense")
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_style_is_deterministic_with_exact_labels(style: str) -> None:
+    a, b = generate_scene(321, style=style), generate_scene(321, style=style)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label_map, b.label_map)
+    assert a.caption == b.caption and a.upper_stuff == b.upper_stuff
+    rules = SCENE_STYLES[style]
+    for seed in range(500_000, 500_030):
+        scene = generate_scene(seed, style=style)
+        assert scene.stuff in STUFF and (scene.label_map == 0).mean() > 0.5
+        assert len(scene.objects) in rules.counts, (seed, len(scene.objects))
+        values = set(np.unique(scene.label_map).tolist()) - {0}
+        assert values == {i + 1 for i in scene.present}
+        for obj in scene.objects:
+            assert obj.pixels == scene.mask(obj.class_index).sum() >= 12
+        lo, hi = rules.sizes
+        # drawn diameters lie in [lo, hi] of the side; a star or a tilted shape reaches 1.4x
+        assert _largest_side(scene) <= 1.4 * hi
+        assert _largest_side(scene) >= 0.7 * lo
+
+
+def test_styles_differ_in_counts_sizes_and_background() -> None:
+    seeds = range(500_000, 500_060)
+    scenes = {st: [generate_scene(s, style=st) for s in seeds] for st in STYLES}
+    count = {st: np.mean([len(x.objects) for x in v]) for st, v in scenes.items()}
+    largest = {st: np.median([_largest_side(x) for x in v]) for st, v in scenes.items()}
+    background = {st: np.mean([(x.label_map == 0).mean() for x in v]) for st, v in scenes.items()}
+    assert count["sparse"] < count["default"] < 5 <= count["crowded"]
+    assert largest["sparse"] > largest["default"] + 0.05 > largest["crowded"] + 0.1
+    assert max(largest["crowded"], largest["stuff"]) < 0.35
+    assert background["stuff"] > 0.9 > background["default"]
+    # the same seed draws another scene in another style
+    assert not np.array_equal(scenes["sparse"][0].label_map, scenes["default"][0].label_map)
+
+
+def test_stuff_style_shows_two_stuff_kinds_split_by_a_horizon() -> None:
+    for seed in range(500_000, 500_020):
+        scene = generate_scene(seed, style="stuff")
+        assert scene.upper_stuff in STUFF and scene.upper_stuff != scene.stuff
+        assert generate_scene(seed).upper_stuff is None
+    # the upper kind covers the top rows, the lower kind the bottom rows
+    split = generate_scene(1, n_objects=0, stuff="grass", style="stuff")
+    assert split.stuff == "grass" and not split.label_map.any()
+    top, bottom = split.image[:20].reshape(-1, 3), split.image[-20:].reshape(-1, 3)
+    assert np.abs(top.mean(0) - bottom.mean(0)).max() > 20
+
+
+def test_n_objects_overrides_a_styles_count() -> None:
+    assert len(generate_scene(3, n_objects=2, style="crowded").objects) == 2
+    assert generate_scene(3, n_objects=0, style="sparse").objects == []

@@ -73,6 +73,39 @@ def _cmd_bench_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_calibration(args: argparse.Namespace) -> int:
+    from cliprnn.dev.bench.accuracy import DEFAULT_SEEDS
+    from cliprnn.dev.bench.calibration import (
+        DEFAULT_LABELLED,
+        format_table,
+        run_calibration_benchmark,
+    )
+    from cliprnn.dev.scenes import STYLES
+
+    styles = args.styles.split(",") if args.styles else list(STYLES)
+    unknown = [s for s in styles if s not in STYLES]
+    if unknown:
+        print(f"unknown styles {unknown}; choose from {list(STYLES)}", file=sys.stderr)
+        return 2
+    labelled = args.labelled or list(DEFAULT_LABELLED)
+    if min(labelled) < 2:
+        print("--labelled: calibration needs at least 2 samples", file=sys.stderr)
+        return 2
+    if args.budget < 1:
+        print("--budget must be >= 1", file=sys.stderr)
+        return 2
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    report = run_calibration_benchmark(
+        labelled, args.seeds or DEFAULT_SEEDS, styles, budget=args.budget,
+        resamples=args.resamples, log=None if args.quiet else log,
+    )  # fmt: skip
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
 def _bench_video(args: argparse.Namespace) -> int:
     """bench-accuracy --video: per-frame mIoU and seconds per frame on generated clips."""
     from cliprnn.config import CaRConfig
@@ -150,6 +183,33 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     acc.add_argument("--clips", type=int, default=24, help="with --video: held-out clips")
     acc.add_argument("--frames", type=int, default=16, help="with --video: frames per clip")
     acc.set_defaults(func=_cmd_bench_accuracy)
+
+    bcal = sub.add_parser(
+        "bench-calibration",
+        help="held-out mIoU of the mini preset against CaR calibrated on N labelled scenes, "
+        "per scene style",
+    )
+    bcal.add_argument(
+        "--labelled",
+        type=_parse_ks,
+        metavar="N[,N...]",
+        help="labelled training scenes to calibrate on (default: 10,30)",
+    )
+    bcal.add_argument(
+        "--seeds",
+        type=_parse_seeds,
+        help="held-out seeds START:END[:STEP] (default: the 240 of bench-accuracy)",
+    )
+    bcal.add_argument(
+        "--styles", help="comma-separated scene styles (default: all of cliprnn.dev.scenes.STYLES)"
+    )
+    bcal.add_argument(
+        "--budget", type=int, default=150, help="at most this many candidates per search"
+    )
+    bcal.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (95 %% CI)")
+    bcal.add_argument("--json", action="store_true")
+    bcal.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    bcal.set_defaults(func=_cmd_bench_calibration)
 
     cal = sub.add_parser(
         "calibrate-exemplars",

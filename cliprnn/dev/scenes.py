@@ -1,8 +1,13 @@
 """A synthetic world with exact masks: coloured, textured shapes on textured backgrounds.
 
-Every scene is a pure function of its seed. Thing classes include confusable pairs (the same
-shape in near colours, the same shape in similar textures, near shapes in one colour), so that
-querying the whole class list on every image gives CaR distractors to remove.
+Every scene is a pure function of its seed (and style). Thing classes include confusable pairs
+(the same shape in near colours, the same shape in similar textures, near shapes in one colour),
+so that querying the whole class list on every image gives CaR distractors to remove.
+
+Scene styles (``STYLES``) change how many things a scene holds, how large they are and how much
+of it is background, so that a configuration tuned on one style need not suit another (the
+calibration benchmark, ``python -m cliprnn bench-calibration``). The ``"default"`` style is the
+world the miniature CLIPs were trained on; its scenes never change.
 """
 
 from __future__ import annotations
@@ -75,8 +80,37 @@ CLASSES: tuple[str, ...] = tuple(t.name for t in THINGS)
 STUFF: tuple[str, ...] = ("sky", "grass", "water", "wall", "road", "ground")
 
 DEFAULT_SIZE = (128, 128)
+
+#: Scene styles ``generate_scene`` draws; see ``SceneStyle`` and ``SCENE_STYLES``.
+STYLES: tuple[str, ...] = ("default", "sparse", "crowded", "stuff")
 _MIN_VISIBLE = 0.4  # an object keeps at least this fraction of its pixels visible
 _MIN_PIXELS = 12
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """How a style draws its things: counts, sizes, overlap, and one stuff kind or two."""
+
+    counts: tuple[int, ...]  # the number of things drawn ...
+    weights: tuple[float, ...]  # ... with these probabilities
+    sizes: tuple[float, float]  # an object's diameter as a fraction of the shorter side
+    overlap: float = 0.5  # chance that an object is placed next to an earlier one
+    attempts: int = 6  # placements tried before an object is left out
+    horizon: bool = False  # two stuff kinds, above and below a wavy horizon
+
+
+#: The styles' drawing rules. ``default`` is the training world (1-4 things, 0.16-0.5 of the
+#: side); ``sparse`` has 1-2 large things (0.35-0.6 of the side) that fill much of the image;
+#: ``crowded`` has 5-8 small ones (0.12-0.28) that often touch; ``stuff`` is mostly background:
+#: two stuff kinds split by a wavy horizon and 1-2 small things (0.12-0.28).
+SCENE_STYLES: dict[str, SceneStyle] = {
+    "default": SceneStyle((1, 2, 3, 4), (0.2, 0.35, 0.3, 0.15), (0.16, 0.5)),
+    "sparse": SceneStyle((1, 2), (0.55, 0.45), (0.35, 0.6), overlap=0.3, attempts=12),
+    "crowded": SceneStyle(
+        (5, 6, 7, 8), (0.25, 0.25, 0.25, 0.25), (0.12, 0.28), overlap=0.3, attempts=25
+    ),
+    "stuff": SceneStyle((1, 2), (0.6, 0.4), (0.12, 0.28), overlap=0.2, horizon=True),
+}
 
 
 @dataclass
@@ -104,6 +138,8 @@ class Scene:
     label_map: np.ndarray  # uint8 [H, W]
     stuff: str
     objects: list[SceneObject] = field(default_factory=list)
+    #: the ``stuff`` style's second background kind (above the horizon); None otherwise
+    upper_stuff: str | None = None
 
     @property
     def present(self) -> list[int]:
@@ -306,31 +342,59 @@ def _visible_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def _horizon_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """True above a wavy horizon at 30-60 % of the height."""
+    x = np.arange(w, dtype=np.float32)
+    level = h * rng.uniform(0.3, 0.6)
+    wave = h * rng.uniform(0.03, 0.1) * np.sin(x * rng.uniform(0.02, 0.08) + rng.uniform(0, 6.3))
+    return np.arange(h, dtype=np.float32)[:, None] < (level + wave)[None, :]
+
+
 def generate_scene(
     seed: int,
     size: tuple[int, int] = DEFAULT_SIZE,
     n_objects: int | None = None,
     stuff: str | None = None,
+    style: str = "default",
 ) -> Scene:
-    """The scene of one seed: 1-4 distinct things (partly overlapping) over one stuff kind.
+    """The scene of one seed: distinct things (partly overlapping) over stuff.
 
-    Every object keeps at least 40 % of its pixels visible; ``n_objects=0`` gives plain stuff.
+    ``style`` (one of ``STYLES``, rules in ``SCENE_STYLES``):
+
+    - ``"default"``: 1-4 things, 0.16-0.5 of the shorter side, over one stuff kind. Its scenes
+      are bit-identical to those from before styles existed (the training world).
+    - ``"sparse"``: 1-2 large things, 0.35-0.6 of the side.
+    - ``"crowded"``: 5-8 small things, 0.12-0.28 of the side (fewer when they do not fit).
+    - ``"stuff"``: two stuff kinds above and below a wavy horizon, 1-2 small things (0.12-0.28);
+      ``stuff`` names the lower kind, ``Scene.upper_stuff`` the upper one.
+
+    Every object keeps at least 40 % of its pixels visible; ``n_objects`` overrides the style's
+    count (``n_objects=0`` gives plain stuff); ``stuff`` fixes the (lower) stuff kind.
     """
+    if style not in SCENE_STYLES:
+        raise ValueError(f"unknown scene style {style!r}; choose from {list(STYLES)}")
+    rules = SCENE_STYLES[style]
     h, w = size
     rng = np.random.default_rng(seed)
     kind = stuff if stuff is not None else STUFF[int(rng.integers(len(STUFF)))]
     img = _stuff_image(kind, rng, h, w)
+    upper = None
+    if rules.horizon:
+        upper = STUFF[int(rng.integers(len(STUFF) - 1))]
+        upper = upper if upper != kind else STUFF[-1]  # any kind but the lower one
+        above = _horizon_mask(rng, h, w)
+        img[above] = _stuff_image(upper, rng, h, w)[above]
     labels = np.zeros((h, w), np.uint8)
     if n_objects is None:
-        n_objects = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.3, 0.15]))
+        n_objects = int(rng.choice(list(rules.counts), p=list(rules.weights)))
     chosen = rng.choice(len(THINGS), size=n_objects, replace=False)
     areas: dict[int, int] = {}
     side = min(h, w)
     for ci in chosen:
         thing = THINGS[int(ci)]
-        for _attempt in range(6):
-            size_px = side * rng.uniform(0.16, 0.5)
-            if areas and rng.random() < 0.5:  # place next to an earlier object so they overlap
+        for _attempt in range(rules.attempts):
+            size_px = side * rng.uniform(*rules.sizes)
+            if areas and rng.random() < rules.overlap:  # next to an earlier object: overlap
                 ys, xs = np.nonzero(labels)
                 k = int(rng.integers(len(xs)))
                 cx = xs[k] + rng.normal(0, size_px / 3)
@@ -359,7 +423,7 @@ def generate_scene(
     for lv in sorted(areas):
         vis = labels == lv
         objects.append(SceneObject(lv - 1, int(vis.sum()), _visible_bbox(vis)))
-    return Scene(seed, image, labels, kind, objects)
+    return Scene(seed, image, labels, kind, objects, upper)
 
 
 # --------------------------------------------------------------------------------------------
