@@ -63,8 +63,12 @@ def cached(mini: CaR, samples: list[LabelledImage]) -> CalibrationResult:
 
 
 def test_search_is_deterministic_for_a_seed(mini, samples, cached):
-    again = _run(mini, samples)
+    reported: list[float] = []
+    again = _run(mini, samples, progress=lambda fraction, _label: reported.append(fraction))
     assert _comparable(again) == _comparable(cached)
+    # progress climbs through every phase (3 folds, the final search, the curves) to 1
+    assert reported == sorted(reported) and reported[-1] == 1.0 and reported[0] >= 0.0
+    assert len({int(5 * f) for f in reported}) == 6
     # another seed draws other folds: the cross-validated score is over other splits
     other = _run(mini, samples, seed=2)
     assert other.folds == cached.folds == 3

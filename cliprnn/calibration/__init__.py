@@ -139,15 +139,24 @@ def calibrate(
             raise type(exc)(f"{s.name}: {exc}") from exc
     n = len(samples)
     fold_sets = fold_indices(n, folds, seed)
-    # Work estimate for progress: each search visits about two rounds of every knob's values.
-    per_search = 2 * sum(len(space.values(k)) for k in KNOBS)
-    expected = max(1, per_search * n * 2)
-    done = [0]
+    # Progress in phases: one per fold's search, the final search, the curves. A phase's
+    # work is estimated as one round over every knob's values on its images.
+    phases = len(fold_sets) + 2
+    round_size = sum(len(space.values(k)) for k in KNOBS)
+    state = {"phase": 0, "done": 0, "expected": 1}
+
+    def report() -> None:
+        if progress is not None:
+            within = min(0.95, state["done"] / state["expected"])
+            progress((state["phase"] + within) / phases, f"step {state['phase'] + 1} of {phases}")
+
+    def begin(phase: int, images: int) -> None:
+        state.update(phase=phase, done=0, expected=max(1, round_size * images))
+        report()
 
     def advance(count: int) -> None:
-        done[0] += count
-        if progress is not None:
-            progress(min(0.99, done[0] / expected), f"{done[0]} candidate segmentations")
+        state["done"] += count
+        report()
 
     passes = PassCache(enabled=cache)
     evaluator = Evaluator(car, images, gts, queries, scorer, passes, advance)
@@ -155,13 +164,16 @@ def calibrate(
     every = list(range(n))
 
     chosen_per_fold = []
-    for held_out in fold_sets:
+    for f, held_out in enumerate(fold_sets):
         train = [i for i in every if i not in held_out]
+        begin(f, len(train))
         winner, _ = coordinate_ascent(evaluator, train, start, space, budget)
         evaluator.ensure([winner], held_out)
         chosen_per_fold.append(winner)
     fold_of = {i: f for f, held in enumerate(fold_sets) for i in held}
+    begin(len(fold_sets), n)
     best, scored = coordinate_ascent(evaluator, every, start, space, budget)
+    begin(len(fold_sets) + 1, n)
 
     # Slices through the best candidate (the curves): every value of one knob, others fixed.
     slices: dict[str, list[dict[str, Any]]] = {}
