@@ -10,7 +10,8 @@
 # On the CPU: 1 torch thread and 1 data worker process (the other core stays with whoever
 # shares the machine), float32. A checkpoint every CHECKPOINT_MINUTES (5), each scored on
 # training seeds (oracle-query mIoU), the best kept in OUT/best; `kill PID` (PID in OUT/pid)
-# stops the run after its current step with a checkpoint. The curve: OUT/train.log (losses
+# stops the run after its current step with a checkpoint. NICE=10 runs it at a lower priority
+# (beside a test run). The curve: OUT/train.log (losses
 # every 50 steps) and OUT/val.jsonl (validations). A fresh start widens the proposal model in
 # cliprnn/assets/mini_clip/proposal to 2 heads (runs/w128init) first.
 set -euo pipefail
@@ -53,6 +54,6 @@ if [ "${1:-}" = --foreground ]; then
     echo $$ >"$OUT/pid"
     exec "$PY" -m cliprnn.dev.mini_clip.train "${RUN[@]}"
 fi
-setsid nohup "$PY" -m cliprnn.dev.mini_clip.train "${RUN[@]}" >>"$OUT/stdout.txt" 2>&1 </dev/null &
+setsid nohup nice -n "${NICE:-0}" "$PY" -m cliprnn.dev.mini_clip.train "${RUN[@]}" >>"$OUT/stdout.txt" 2>&1 </dev/null &
 echo $! >"$OUT/pid"
 echo "started PID $! ($OUT/train.log): $PY -m cliprnn.dev.mini_clip.train ${RUN[*]}"
