@@ -256,8 +256,8 @@ def _calibrate_inputs(ctx, inputs: types.Object) -> None:
         *(names if classes is None else classes),
         *(ctx.params.get("query_text") or "").splitlines(),
     ]
-    gt_names = {C._norm(x) for x in names}
-    if not {C._norm(q) for q in chosen if q.strip()} & gt_names:
+    gt_names = {C.norm_name(x) for x in names}
+    if not {C.norm_name(q) for q in chosen if q.strip()} & gt_names:
         fail(
             inputs,
             "queries_error",

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import fiftyone as fo
 import numpy as np
 
+from cliprnn.calibration.targets import norm_name
 from cliprnn.config import DEFAULT_PRESET, CaRConfig, ConfigLike
 from cliprnn.errors import CaRError
 
@@ -76,11 +77,6 @@ def _error(message: str) -> CaRError:
     from cliprnn.calibration import CalibrationError
 
     return CalibrationError(message)
-
-
-def _norm(name: str) -> str:
-    """A class name or query as the engine matches them (case and spacing ignored)."""
-    return " ".join(str(name).split()).casefold()
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -203,18 +199,18 @@ def _queries(
     if queries is None and classes_from is None:
         chosen = gt_names
         if classes is not None:
-            wanted = {_norm(c) for c in classes}
-            chosen = [n for n in gt_names if _norm(n) in wanted]
+            wanted = {norm_name(c) for c in classes}
+            chosen = [n for n in gt_names if norm_name(n) in wanted]
     else:
         chosen = resolve_queries(collection, queries, classes_from, classes).queries
-    asked = {_norm(q) for q in chosen}
-    if not asked & {_norm(n) for n in gt_names}:
+    asked = {norm_name(q) for q in chosen}
+    if not asked & {norm_name(n) for n in gt_names}:
         raise _error(
             f"none of the queries {_listed(chosen) or '(none)'} names a class of the ground "
             f"truth '{gt_field}' (its classes: {_listed(gt_names)}): calibration scores each "
             "query against the ground-truth class of the same name"
         )
-    return chosen, [n for n in gt_names if _norm(n) not in asked]
+    return chosen, [n for n in gt_names if norm_name(n) not in asked]
 
 
 # ------------------------------------------------------------------------------ names
