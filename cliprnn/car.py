@@ -182,9 +182,12 @@ class CaR:
             self._sam = SamRefiner.from_config(self.config, device=self.device)
         return self._sam
 
-    def sharing_models(self, **config_overrides: Any) -> CaR:
+    def sharing_models(
+        self, *, engine_class: type[CaR] | None = None, **config_overrides: Any
+    ) -> CaR:
         """A new engine whose configuration is this one's with ``config_overrides``, running on
-        this engine's CLIP models (loaded now if they are not yet) instead of loading its own.
+        this engine's CLIP models (loaded now if they are not yet) instead of loading its own;
+        an instance of ``engine_class`` (a CaR subclass built from a config alone; default CaR).
 
         Thresholds, prompts, steps, mode, CRF, ``faithful`` and the other settings outside
         :data:`MODEL_FIELDS` may change; an override that changes one of ``MODEL_FIELDS`` raises
@@ -201,7 +204,7 @@ class CaR:
                 f"sharing_models cannot change {changed}: they choose the loaded CLIP models; "
                 "build a new CaR for other models"
             )
-        twin = CaR(config)
+        twin = (engine_class or CaR)(config)
         twin._proposal_backend = self.proposal_backend
         twin._classifier_backend = self.classifier_backend
         if all(getattr(config, f) == getattr(self.config, f) for f in SAM_FIELDS):

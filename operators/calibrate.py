@@ -20,10 +20,11 @@ from .common import (
     fail,
     plural,
     requested_delegation,
+    stored_item_inputs,
     target_text,
     touch_notice,
 )
-from .segment_params import calibration_label, config_choices
+from .segment_params import calibration_label
 
 ACTIONS = {
     "calibrate": "Calibrate",
@@ -78,37 +79,20 @@ class Calibrate(foo.Operator):
         from cliprnn.fiftyone.calibration import list_calibrations
 
         stored = list_calibrations(ctx.dataset)
-        if stored:
-            lines = "\n".join(f"- {calibration_label(n, r)}" for n, r in stored.items())
-            inputs.md(f"**Stored calibrations**\n\n{lines}", name="stored_calibrations")
-            inputs.enum(
-                "action",
-                list(ACTIONS),
-                default="calibrate",
-                label="Action",
-                view=choices_view(types.RadioGroup, ACTIONS, ACTIONS),
-            )
-        action = ctx.params.get("action") or "calibrate"
-        if action == "calibrate" or not stored:
+        action, chosen = stored_item_inputs(
+            ctx, inputs, heading="Stored calibrations", list_name="stored_calibrations",
+            stored={n: calibration_label(n, r) for n, r in stored.items()}, actions=ACTIONS,
+            item_param="calibration", item_label="Calibration",
+        )  # fmt: skip
+        if chosen is None:
             _calibrate_inputs(ctx, inputs)
-        else:
-            names = list(stored)
-            inputs.enum(
-                "calibration",
-                names,
-                default=names[0],
-                required=True,
-                label="Calibration",
-                view=choices_view(types.DropdownView, names),
+        elif action == "delete":
+            touch_notice(
+                inputs,
+                "writes",
+                f"Deletes the stored calibration '{chosen}' (its run record); {NO_LABELS}, "
+                "labels segmented with it stay",
             )
-            chosen = ctx.params.get("calibration") or names[0]
-            if action == "delete":
-                touch_notice(
-                    inputs,
-                    "writes",
-                    f"Deletes the stored calibration '{chosen}' (its run record); {NO_LABELS}, "
-                    "labels segmented with it stay",
-                )
         return types.Property(inputs, view=view)
 
     def execute(self, ctx):
@@ -175,11 +159,10 @@ def calibrate_kwargs(params: dict[str, Any], dataset: Any) -> dict[str, Any]:
 
 def _calibrate_inputs(ctx, inputs: types.Object) -> None:
     """The "Calibrate" branch: target, ground truth, queries, base settings, budget, name."""
-    from cliprnn.config import PRESETS, CaRConfig
     from cliprnn.errors import CaRError
     from cliprnn.fiftyone import calibration as C
 
-    from .segment_form import _check_models, _default_preset
+    from .segment_form import _check_models, preset_input
 
     inputs.view_target(ctx, action_description="Calibrate on", allow_selected_samples=True)
     fields = C.ground_truth_fields(ctx.dataset)
@@ -264,23 +247,13 @@ def _calibrate_inputs(ctx, inputs: types.Object) -> None:
             "No query names a ground-truth class: keep at least one of the classes (each "
             "query is scored against the ground-truth class of the same name)",
         )
-    presets, labels = config_choices(ctx.dataset)
-    default_preset = _default_preset([p for p in presets if p in PRESETS])
-    inputs.enum(
-        "preset",
-        presets,
-        default=default_preset,
-        label="Base settings",
-        description="The preset (or stored calibration) the search starts from and compares with",
-        view=choices_view(types.DropdownView, presets, labels),
+    base = preset_input(
+        ctx,
+        inputs,
+        "Base settings",
+        "The preset (or stored calibration) the search starts from and compares with",
     )
-    try:
-        base = CaRConfig.resolve(
-            C.stored_config(ctx.dataset, ctx.params.get("preset") or default_preset)
-        )
-    except CaRError as e:
-        fail(inputs, "preset_error", str(e))
-    else:
+    if base is not None:
         _check_models(inputs, base)
     inputs.int(
         "budget",

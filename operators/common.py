@@ -33,6 +33,46 @@ def choices_view(view_cls: type, values: Iterable[str], labels: dict | None = No
     return view
 
 
+def stored_item_inputs(
+    ctx,
+    inputs: types.Object,
+    *,
+    heading: str,
+    list_name: str,
+    stored: dict[str, str],
+    actions: dict[str, str],
+    item_param: str,
+    item_label: str,
+) -> tuple[str, str | None]:
+    """The head of a form that makes an item or acts on a stored one: the stored items (name
+    -> label) listed, an action radio (the first of ``actions`` makes a new item) and, for the
+    other actions, a dropdown of the stored items. Returns (action, chosen item or None)."""
+    create = next(iter(actions))
+    if stored:
+        lines = "\n".join(f"- {label}" for label in stored.values())
+        inputs.md(f"**{heading}**\n\n{lines}", name=list_name)
+        inputs.enum(
+            "action",
+            list(actions),
+            default=create,
+            label="Action",
+            view=choices_view(types.RadioGroup, actions, actions),
+        )
+    action = ctx.params.get("action") or create
+    if action == create or not stored:
+        return create, None
+    names = list(stored)
+    inputs.enum(
+        item_param,
+        names,
+        default=names[0],
+        required=True,
+        label=item_label,
+        view=choices_view(types.DropdownView, names, stored),
+    )
+    return action, ctx.params.get(item_param) or names[0]
+
+
 def fail(inputs: types.Object, name: str, message: str) -> None:
     """Show an error at the top of the form (below earlier errors) and disable Execute."""
     prop = inputs.view(name, types.Error(label=message))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from .common import choices_view, cliprnn_missing, fail, touch_notice
+from .common import cliprnn_missing, fail, stored_item_inputs, touch_notice
 
 #: What every action of the operator leaves alone.
 NO_LABELS = "no sample, label or field of the dataset is changed"
@@ -55,51 +55,33 @@ class ExemplarSets(foo.Operator):
         from cliprnn.fiftyone.exemplar_sets import list_exemplar_sets
 
         sets = list_exemplar_sets(ctx.dataset)
-        if sets:
-            lines = "\n".join(f"- {set_label(n, i)}" for n, i in sets.items())
-            inputs.md(f"**Stored exemplar sets**\n\n{lines}", name="stored_sets")
-            inputs.enum(
-                "action",
-                list(ACTIONS),
-                default="save",
-                label="Action",
-                view=choices_view(types.RadioGroup, ACTIONS, ACTIONS),
-            )
-        action = ctx.params.get("action") or "save"
-        if action == "save" or not sets:
+        action, chosen = stored_item_inputs(
+            ctx, inputs, heading="Stored exemplar sets", list_name="stored_sets",
+            stored={n: set_label(n, i) for n, i in sets.items()}, actions=ACTIONS,
+            item_param="set_name", item_label="Exemplar set",
+        )  # fmt: skip
+        if chosen is None:
             _save_inputs(ctx, inputs, sets)
-        else:
-            names = list(sets)
-            labels = {n: set_label(n, i) for n, i in sets.items()}
-            inputs.enum(
-                "set_name",
-                names,
-                default=names[0],
-                required=True,
-                label="Exemplar set",
-                view=choices_view(types.DropdownView, names, labels),
+        elif action == "rename":
+            inputs.str("new_name", required=True, label="New name")
+            _check_free(inputs, ctx.params.get("new_name"), sets, ctx.params.get("set_name"))
+            touch_notice(
+                inputs,
+                "writes",
+                f"Renames the stored exemplar set '{chosen}' (the dataset's exemplar-set "
+                f"store); {NO_LABELS}",
             )
-            chosen = ctx.params.get("set_name") or names[0]
-            if action == "rename":
-                inputs.str("new_name", required=True, label="New name")
-                _check_free(inputs, ctx.params.get("new_name"), sets, ctx.params.get("set_name"))
-                touch_notice(
-                    inputs,
-                    "writes",
-                    f"Renames the stored exemplar set '{chosen}' (the dataset's exemplar-set "
-                    f"store); {NO_LABELS}",
-                )
-            else:
-                inputs.view(
-                    "delete_warning",
-                    types.Warning(label=f"Deletes the set '{chosen}' (its samples stay)"),
-                )
-                touch_notice(
-                    inputs,
-                    "writes",
-                    f"Deletes the stored exemplar set '{chosen}' from the dataset's exemplar-set "
-                    f"store; {NO_LABELS}",
-                )
+        else:
+            inputs.view(
+                "delete_warning",
+                types.Warning(label=f"Deletes the set '{chosen}' (its samples stay)"),
+            )
+            touch_notice(
+                inputs,
+                "writes",
+                f"Deletes the stored exemplar set '{chosen}' from the dataset's exemplar-set "
+                f"store; {NO_LABELS}",
+            )
         return types.Property(inputs, view=view)
 
     def execute(self, ctx):

@@ -157,8 +157,10 @@ def _exemplar_inputs(ctx, inputs: types.Object) -> list[str]:
     return chosen
 
 
-def model_inputs(ctx, inputs: types.Object) -> None:
-    from cliprnn.config import PRESETS, VISUAL_PROMPTS, CaRConfig
+def preset_input(ctx, inputs: types.Object, label: str, description: str) -> Any | None:
+    """The ``preset`` dropdown: the presets and the dataset's stored calibrations. Returns the
+    chosen one's CaRConfig, or None (with an error in the form) when it cannot be resolved."""
+    from cliprnn.config import PRESETS, CaRConfig
     from cliprnn.errors import CaRError
     from cliprnn.fiftyone.calibration import stored_config
 
@@ -168,10 +170,29 @@ def model_inputs(ctx, inputs: types.Object) -> None:
         "preset",
         presets,
         default=default_preset,
-        label="Preset",
-        description="Paper settings per dataset, or a calibration stored by 'Calibrate on "
-        "labelled samples'; models download on first use",
+        label=label,
+        description=description,
         view=choices_view(types.DropdownView, presets, labels),
+    )
+    try:
+        return CaRConfig.resolve(
+            stored_config(ctx.dataset, ctx.params.get("preset") or default_preset)
+        )
+    except CaRError as e:
+        fail(inputs, "preset_error", str(e))
+        return None
+
+
+def model_inputs(ctx, inputs: types.Object) -> None:
+    from cliprnn.config import VISUAL_PROMPTS, CaRConfig
+    from cliprnn.errors import CaRError
+
+    base = preset_input(
+        ctx,
+        inputs,
+        "Preset",
+        "Paper settings per dataset, or a calibration stored by 'Calibrate on labelled "
+        "samples'; models download on first use",
     )
     inputs.bool("advanced", default=False, label="Advanced settings", view=types.SwitchView())
     inputs.int(
@@ -181,11 +202,7 @@ def model_inputs(ctx, inputs: types.Object) -> None:
         label="Batch size",
         description="Samples written to the database together; progress is shown per batch",
     )
-    preset = ctx.params.get("preset") or default_preset
-    try:
-        base = CaRConfig.resolve(stored_config(ctx.dataset, preset))
-    except CaRError as e:
-        fail(inputs, "preset_error", str(e))
+    if base is None:
         return
     if not ctx.params.get("advanced"):
         _check_models(inputs, base)
@@ -234,7 +251,7 @@ def model_inputs(ctx, inputs: types.Object) -> None:
 
             if not Path(overrides["sam_checkpoint"]).is_file():
                 raise CaRError(f"SAM checkpoint {overrides['sam_checkpoint']!r} is not a file")
-        config = CaRConfig.resolve(stored_config(ctx.dataset, preset), **overrides)
+        config = CaRConfig.resolve(base, **overrides)
     except (CaRError, TypeError, ValueError) as e:
         fail(inputs, "config_error", str(e))
         return

@@ -125,6 +125,20 @@ def test_fit_score_is_what_a_plain_engine_gets(mini, samples, cached):
     assert 100.0 * miou_of(np.asarray(matrix), np.asarray(missed)) == pytest.approx(fit)
 
 
+def test_a_move_must_gain_more_than_its_noise(mini, samples, cached):
+    """Any gain moves the search with min_gain_se=0; a margin no gain can pass keeps it at the
+    base configuration."""
+    free = _run(mini, samples, min_gain_se=0.0)
+    assert free.best_found != free.base_values and free.min_gain_se == 0.0
+    stuck = _run(mini, samples, min_gain_se=1e6)
+    assert stuck.best_found == stuck.base_values and stuck.kept_base and stuck.overrides == {}
+    base = next(c["miou"] for c in stuck.candidates if c["overrides"] == stuck.base_values)
+    assert stuck.fit_score == pytest.approx(base) and stuck.score == pytest.approx(base)
+    assert cached.min_gain_se == 1.0
+    with pytest.raises(CalibrationError, match="min_gain_se"):
+        _run(mini, samples, min_gain_se=-1.0)
+
+
 def test_result_round_trips_through_json(cached):
     again = CalibrationResult.from_dict(json.loads(json.dumps(cached.to_dict())))
     assert again.config == cached.config

@@ -58,6 +58,7 @@ def _check_inputs(
     targets: Mapping[int, str],
     budget: int,
     folds: int,
+    min_gain_se: float,
 ) -> None:
     if not samples:
         raise CalibrationError("no labelled samples to calibrate on")
@@ -85,6 +86,8 @@ def _check_inputs(
         raise CalibrationError(f"budget must be an integer >= 1, got {budget!r}")
     if not isinstance(folds, int) or folds < 2:
         raise CalibrationError(f"folds must be an integer >= 2, got {folds!r}")
+    if not min_gain_se >= 0:
+        raise CalibrationError(f"min_gain_se must be >= 0, got {min_gain_se!r}")
 
 
 def calibrate(
@@ -100,6 +103,7 @@ def calibrate(
     ignore_values: Sequence[int] = (255,),
     cache: bool = True,
     resamples: int = BOOTSTRAP,
+    min_gain_se: float = 1.0,
     progress: Callable[[float, str], None] | None = None,
 ) -> CalibrationResult:
     """Search the configuration that segments ``samples`` best for ``queries``.
@@ -112,7 +116,10 @@ def calibrate(
     class with pixels included, as ``bench-accuracy`` scores.
 
     The search is coordinate ascent over ``space`` (default :meth:`SearchSpace.default`) from
-    the base configuration, at most ``budget`` distinct candidates per search. It is guarded
+    the base configuration, at most ``budget`` distinct candidates per search; a move is taken
+    only if it gains more than ``min_gain_se`` standard errors of the paired difference on the
+    search's samples (so the best of many noisy values does not win by chance; 0 takes any
+    gain). It is guarded
     by ``folds``-fold cross-validation (folds drawn with ``seed``): a search on each fold's
     other samples chooses the configuration its held-out samples are scored with, giving
     ``score`` against ``base_score`` on the same samples; the returned configuration comes
@@ -126,7 +133,7 @@ def calibrate(
 
     started = time.perf_counter()
     queries = list(queries)
-    _check_inputs(samples, queries, targets, budget, folds)
+    _check_inputs(samples, queries, targets, budget, folds, min_gain_se)
     base = car.config
     space = (space or SearchSpace.default(base)).including(base)
     scorer = TargetScorer(targets, ignore_values)
@@ -167,12 +174,12 @@ def calibrate(
     for f, held_out in enumerate(fold_sets):
         train = [i for i in every if i not in held_out]
         begin(f, len(train))
-        winner, _ = coordinate_ascent(evaluator, train, start, space, budget)
+        winner, _ = coordinate_ascent(evaluator, train, start, space, budget, min_gain_se)
         evaluator.ensure([winner], held_out)
         chosen_per_fold.append(winner)
     fold_of = {i: f for f, held in enumerate(fold_sets) for i in held}
     begin(len(fold_sets), n)
-    best, scored = coordinate_ascent(evaluator, every, start, space, budget)
+    best, scored = coordinate_ascent(evaluator, every, start, space, budget, min_gain_se)
     begin(len(fold_sets) + 1, n)
 
     # Slices through the best candidate (the curves): every value of one knob, others fixed.
@@ -223,6 +230,7 @@ def calibrate(
         seed=seed,
         samples=n,
         budget=budget,
+        min_gain_se=min_gain_se,
         passes_computed=sum(passes.computed.values()),
         passes_requested=requested,
         naive_grid_passes=round(space.size() * n * requested / evaluations),

@@ -130,7 +130,4 @@ def caching_engine(car: CaR, cache: PassCache, overrides: Mapping[str, Any]) -> 
             )
             return masks.copy(), lost.copy()
 
-    engine = CachingCaR(car.config.replace(**overrides))
-    engine._proposal_backend = car.proposal_backend
-    engine._classifier_backend = car.classifier_backend
-    return engine
+    return car.sharing_models(engine_class=CachingCaR, **overrides)

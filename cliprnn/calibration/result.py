@@ -50,6 +50,7 @@ class CalibrationResult:
     naive_grid_passes: int
     passes_by_kind: dict[str, list[int]] = field(default_factory=dict)
     seconds: float = 0.0
+    min_gain_se: float = 0.0  # a search move's required gain, in its standard errors
 
     def config_overrides(self) -> dict[str, Any]:
         """:attr:`overrides` as ``CaRConfig.replace`` and ``CaR.sharing_models`` take them."""

@@ -10,12 +10,15 @@ import numpy as np
 from cliprnn.calibration.passes import PassCache, caching_engine
 from cliprnn.calibration.space import KNOBS, SearchSpace
 from cliprnn.calibration.targets import TargetScorer
-from cliprnn.scoring import miou_of
+from cliprnn.scoring import miou_of, paired_gain_interval
 
 if TYPE_CHECKING:
     from cliprnn.car import CaR
 
 Candidate = tuple[Any, ...]  # the KNOBS' values
+
+#: Bootstrap resamples behind each move's standard error.
+MOVE_RESAMPLES = 200
 
 
 def overrides_of(candidate: Candidate) -> dict[str, Any]:
@@ -63,6 +66,21 @@ class Evaluator:
         missed = sum(self.results[(candidate, i)][1] for i in images)
         return 100.0 * miou_of(np.asarray(matrix), np.asarray(missed))
 
+    def gain_se(self, a: Candidate, b: Candidate, images: Sequence[int]) -> float:
+        """Standard error (points) of mIoU(a) - mIoU(b) on ``images``: a paired bootstrap
+        over the images (its 95 % interval spans about ±1.96 standard errors)."""
+        self.ensure([a, b], images)
+        low, high = paired_gain_interval(
+            self.stacked(a, images), self.stacked(b, images), MOVE_RESAMPLES, seed=0
+        )
+        return (high - low) / (2 * 1.96)
+
+    def stacked(self, candidate: Candidate, images: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``candidate``'s per-image confusion matrices and missed counts on ``images``."""
+        matrices = np.stack([self.results[(candidate, i)][0] for i in images])
+        missed = np.stack([self.results[(candidate, i)][1] for i in images])
+        return matrices, missed
+
 
 def coordinate_ascent(
     evaluator: Evaluator,
@@ -70,10 +88,12 @@ def coordinate_ascent(
     start: Candidate,
     space: SearchSpace,
     budget: int,
+    min_gain_se: float = 0.0,
 ) -> tuple[Candidate, dict[Candidate, float]]:
     """Coordinate ascent from ``start``: each knob's values with the others fixed, the best
-    taken (ties keep the current value, then the first in the space's order), until a round
-    changes nothing or ``budget`` distinct candidates were scored."""
+    taken if it beats the current candidate by more than ``min_gain_se`` standard errors of
+    their paired difference (ties keep the current value, then the first in the space's
+    order), until a round changes nothing or ``budget`` distinct candidates were scored."""
     scored: dict[Candidate, float] = {}
 
     def score(batch: list[Candidate]) -> None:
@@ -91,7 +111,10 @@ def coordinate_ascent(
             fresh = [c for c in batch if c not in scored][: max(0, budget - len(scored))]
             score(fresh)
             best = max((c for c in batch if c in scored), key=lambda c: scored[c])
-            if scored[best] > scored[current] + 1e-9:
+            gain = scored[best] - scored[current]
+            if gain > 1e-9 and (
+                min_gain_se <= 0 or gain > min_gain_se * evaluator.gain_se(best, current, images)
+            ):
                 current, changed = best, True
         if not changed or len(scored) >= budget:
             break

@@ -101,6 +101,7 @@ def _cmd_bench_calibration(args: argparse.Namespace) -> int:
     report = run_calibration_benchmark(
         labelled, args.seeds or DEFAULT_SEEDS, styles, budget=args.budget,
         resamples=args.resamples, log=None if args.quiet else log,
+        labelled_start=args.labelled_start, min_gain_se=args.min_gain_se,
     )  # fmt: skip
     print(json.dumps(report) if args.json else format_table(report))
     return 0
@@ -206,6 +207,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     bcal.add_argument(
         "--budget", type=int, default=150, help="at most this many candidates per search"
     )
+    bcal.add_argument(
+        "--labelled-start", type=int, default=500_000,
+        help="first labelled training seed (default 500000; N labelled = the next N seeds)",
+    )  # fmt: skip
+    bcal.add_argument(
+        "--min-gain-se", type=float, default=1.0,
+        help="a search move must gain more than this many standard errors (0: any gain)",
+    )  # fmt: skip
     bcal.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (95 %% CI)")
     bcal.add_argument("--json", action="store_true")
     bcal.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -23,6 +23,7 @@ from cliprnn.dev.bench.accuracy import (
     describe_seeds,
     paired_gain_interval,
 )
+from cliprnn.dev.mini_clip.data import TRAIN_SEED_LIMIT
 from cliprnn.dev.scenes import CLASSES, DEFAULT_SIZE, STYLES, generate_scene
 
 #: Numbers of labelled samples calibrated on, by default.
@@ -39,12 +40,16 @@ TARGETS: dict[int, str] = {0: "background", **{i + 1: name for i, name in enumer
 _LABELS = ("background", *CLASSES)
 
 
-def labelled_samples(style: str, n: int, size: tuple[int, int] = DEFAULT_SIZE) -> list[Any]:
-    """The first ``n`` labelled training scenes of ``style`` as calibration samples."""
+def labelled_samples(
+    style: str, n: int, size: tuple[int, int] = DEFAULT_SIZE, start: int = LABELLED_START
+) -> list[Any]:
+    """``n`` labelled training scenes of ``style`` (seeds from ``start``) as calibration samples."""
     from cliprnn.calibration import LabelledImage
 
+    if start < 0 or start + n > TRAIN_SEED_LIMIT:
+        raise ValueError(f"labelled seeds {start}:{start + n} must be training seeds (< 1,000,000)")
     samples = []
-    for seed in range(LABELLED_START, LABELLED_START + n):
+    for seed in range(start, start + n):
         scene = generate_scene(seed, size, style=style)
         samples.append(LabelledImage(scene.image, scene.label_map, f"{style} scene {seed}"))
     return samples
@@ -71,6 +76,8 @@ def run_calibration_benchmark(
     resamples: int = BOOTSTRAP,
     size: tuple[int, int] = DEFAULT_SIZE,
     log: Callable[[str], None] | None = None,
+    labelled_start: int = LABELLED_START,
+    min_gain_se: float = 1.0,
 ) -> dict[str, Any]:
     """Preset against calibrated mIoU (in %) per style and number of labelled samples.
 
@@ -104,8 +111,8 @@ def run_calibration_benchmark(
             f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
         for n in labelled:
             result = calibrate(
-                car, labelled_samples(style, n, size), list(CLASSES), TARGETS, budget=budget,
-                resamples=resamples,
+                car, labelled_samples(style, n, size, labelled_start), list(CLASSES), TARGETS,
+                budget=budget, resamples=resamples, min_gain_se=min_gain_se,
             )  # fmt: skip
             say(f"{style}, {n} labelled: overrides {result.overrides or 'none (base kept)'}, "
                 f"cv {result.score:.1f} vs base {result.base_score:.1f}, "
@@ -125,10 +132,11 @@ def run_calibration_benchmark(
         "rows": rows,
         "styles": styles,
         "labelled": labelled,
-        "labelled_seeds": f"{LABELLED_START}:{LABELLED_START + labelled[-1]}",
+        "labelled_seeds": f"{labelled_start}:{labelled_start + labelled[-1]}",
         "images": len(seeds),
         "seeds": describe_seeds(seeds),
         "budget": budget,
+        "min_gain_se": min_gain_se,
         "seconds": time.perf_counter() - start,
     }
 
