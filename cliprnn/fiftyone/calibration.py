@@ -292,6 +292,7 @@ def calibrate_view(
     budget: int = 150,
     folds: int = 5,
     seed: int = 0,
+    min_gain_se: float = 1.0,
     name: str | None = None,
     overwrite: bool = False,
     ignore_values: Sequence[int] = (255,),
@@ -307,9 +308,10 @@ def calibrate_view(
     dataset, as segment runs take it) choose others instead. Ground-truth classes that are
     not queried join the search's background words. ``config`` is the base configuration
     (a preset name, a mapping with ``"preset"``, a CaRConfig, or ``"calibration:<name>"``;
-    default the ``"voc"`` preset); ``budget``, ``folds``, ``seed``, ``ignore_values`` and
-    ``space`` (a :class:`cliprnn.calibration.SearchSpace`, default around the base with the
-    unqueried classes as extra background words) go to :func:`cliprnn.calibration.calibrate`.
+    default the ``"voc"`` preset); ``budget``, ``folds``, ``seed``, ``min_gain_se``,
+    ``ignore_values`` and ``space`` (a :class:`cliprnn.calibration.SearchSpace`, default
+    around the base with the unqueried classes as extra background words) go to
+    :func:`cliprnn.calibration.calibrate`.
     ``progress(fraction, label)`` is called as the work goes on.
 
     Returns the :class:`~cliprnn.calibration.CalibrationResult`; segment with
@@ -356,6 +358,7 @@ def calibrate_view(
         budget=budget,
         folds=folds,
         seed=seed,
+        min_gain_se=min_gain_se,
         ignore_values=tuple(ignore_values),
         progress=step,
     )

@@ -159,6 +159,7 @@ def test_a_calibration_is_stored_survives_a_restart_and_segments_as_its_config(
     record = calibration_record(scenes, "shapes")
     assert record["sample_ids"] == ids
     assert record["result"]["space"]["mask_thresholds"] == [0.3, 0.7]
+    assert record["result"]["min_gain_se"] == result.min_gain_se == 1.0  # the default margin
     scores = {c["overrides"]["mask_threshold"]: c["miou"] for c in record["result"]["candidates"]}
     assert set(scores) == {0.3, 0.7}  # every candidate's score
     curve = load_calibration(scenes, "shapes").curve("mask_threshold")
