@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
-_TMP = Path(tempfile.mkdtemp(prefix="cliprnn-tests-"))
+_TMP_PREFIX = "cliprnn-tests-"
+_TMP = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX))
+(_TMP / "pid").write_text(str(os.getpid()))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Outputs of the reference CaR code with their checksums (tests/golden/README.md).
 GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
@@ -34,6 +39,39 @@ import pytest  # noqa: E402
 # FiftyOne plugin), and pytest imports its `__init__.py` under the name of the folder that holds
 # it (`cliprnn` in a clone named so) unless a module of that name is already loaded.
 import cliprnn  # noqa: E402, F401
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove the temporary folders of earlier runs whose process is gone (a run that crashed
+    before it could remove its own)."""
+    for folder in _TMP.parent.glob(f"{_TMP_PREFIX}*"):
+        pid_file = folder / "pid"
+        if folder != _TMP and pid_file.is_file() and not _alive(pid_file):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this run's temporary folder (datasets, database, models: ~300 MB);
+    CLIPRNN_KEEP_TEST_TMP=1 keeps it to look at."""
+    if os.environ.get("CLIPRNN_KEEP_TEST_TMP"):
+        return
+    # Stop the database this run started (it lives in the folder) before its files go; it
+    # waits for every process still using it, so not for longer than a minute.
+    database = sys.modules.get("fiftyone.core.odm.database")
+    service = getattr(database, "_db_service", None)
+    if service is not None and getattr(service, "child", None) is not None:
+        stopping = threading.Thread(target=service.stop, daemon=True)
+        stopping.start()
+        stopping.join(60)
+    shutil.rmtree(_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
