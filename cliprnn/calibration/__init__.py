@@ -191,8 +191,8 @@ def calibrate(
         for c in batch:
             scored.setdefault(c, evaluator.miou(c, every))
 
-    cv = stacked_counts(evaluator, lambda i: chosen_per_fold[fold_of[i]], n)
-    base_counts = stacked_counts(evaluator, lambda i: start, n)
+    cv = stacked_counts(evaluator, lambda i: chosen_per_fold[fold_of[i]], every)
+    base_counts = stacked_counts(evaluator, lambda i: start, every)
     cv_score = 100.0 * miou_of(cv[0].sum(axis=0), cv[1].sum(axis=0))
     base_score = 100.0 * miou_of(base_counts[0].sum(axis=0), base_counts[1].sum(axis=0))
     cv_ci = bootstrap_interval(*cv, resamples, seed)

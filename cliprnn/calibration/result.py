@@ -85,7 +85,9 @@ class CalibrationResult:
 
 
 def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
+    """``value`` with mappings, tuples and numpy scalars turned into JSON's dicts, lists and
+    numbers."""
+    if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]

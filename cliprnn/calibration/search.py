@@ -71,15 +71,12 @@ class Evaluator:
         over the images (its 95 % interval spans about ±1.96 standard errors)."""
         self.ensure([a, b], images)
         low, high = paired_gain_interval(
-            self.stacked(a, images), self.stacked(b, images), MOVE_RESAMPLES, seed=0
+            stacked_counts(self, lambda i: a, images),
+            stacked_counts(self, lambda i: b, images),
+            MOVE_RESAMPLES,
+            seed=0,
         )
         return (high - low) / (2 * 1.96)
-
-    def stacked(self, candidate: Candidate, images: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``candidate``'s per-image confusion matrices and missed counts on ``images``."""
-        matrices = np.stack([self.results[(candidate, i)][0] for i in images])
-        missed = np.stack([self.results[(candidate, i)][1] for i in images])
-        return matrices, missed
 
 
 def coordinate_ascent(
@@ -128,8 +125,10 @@ def fold_indices(n: int, folds: int, seed: int) -> list[list[int]]:
 
 
 def stacked_counts(
-    evaluator: Evaluator, pick: Callable[[int], Candidate], n: int
+    evaluator: Evaluator, pick: Callable[[int], Candidate], images: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    matrices = np.stack([evaluator.results[(pick(i), i)][0] for i in range(n)])
-    missed = np.stack([evaluator.results[(pick(i), i)][1] for i in range(n)])
+    """Per-image confusion matrices and missed counts of ``images``, each image's from the
+    candidate ``pick(image)`` (already computed)."""
+    matrices = np.stack([evaluator.results[(pick(i), i)][0] for i in images])
+    missed = np.stack([evaluator.results[(pick(i), i)][1] for i in images])
     return matrices, missed

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import fiftyone as fo
 import numpy as np
 
+from cliprnn.calibration.result import jsonable
 from cliprnn.calibration.targets import norm_name
 from cliprnn.config import DEFAULT_PRESET, CaRConfig, ConfigLike
 from cliprnn.errors import CaRError
@@ -236,16 +237,6 @@ def free_calibration_name(dataset: SampleCollection, base: str = "calibration") 
 
 
 # ------------------------------------------------------------------------------ configs
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _config_mapping(dataset: SampleCollection, config: ConfigLike) -> dict[str, Any]:
     """``config`` as a mapping :meth:`CaRConfig.resolve` takes: a preset name stays a
     ``{"preset": ...}`` (so the bundled model's folder is found anew on every machine), a
@@ -259,7 +250,7 @@ def _config_mapping(dataset: SampleCollection, config: ConfigLike) -> dict[str, 
         out = config.to_dict()
         out.pop("extras", None)
         return out
-    return dict(_jsonable(config))
+    return dict(jsonable(config))
 
 
 def _resolve_mapping(mapping: Mapping[str, Any]) -> CaRConfig:
@@ -384,7 +375,7 @@ def _segment_mapping(base_mapping: Mapping[str, Any], tuned: CaRConfig) -> dict[
 
 def _summary(result: CalibrationResult) -> dict[str, Any]:
     """The result's numbers (what the forms and tables show), JSON-able."""
-    return _jsonable(
+    return jsonable(
         dict(
             overrides=result.overrides,
             kept_base=result.kept_base,
