@@ -405,9 +405,10 @@ def pick_option(page, prompt, label: str, option: str) -> None:
     page.wait_for_timeout(500)
 
 
-def field_after(prompt, label: str, tag: str = "input"):
-    """The first ``tag`` element after the text ``label`` (form fields carry no test ids)."""
-    return prompt.get_by_text(label).first.locator(f"xpath=following::{tag}[1]")
+def field_after(prompt, label: str, tag: str = "input", exact: bool = False):
+    """The first ``tag`` element after the text ``label`` (exactly that text with ``exact``;
+    form fields carry no test ids)."""
+    return prompt.get_by_text(label, exact=exact).first.locator(f"xpath=following::{tag}[1]")
 
 
 def mini_shipped() -> bool:

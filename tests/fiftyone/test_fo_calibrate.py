@@ -6,10 +6,6 @@ ground truth, queries that name no ground-truth class and masks their targets do
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +14,7 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 from fiftyone.operators.executor import ExecutionContext
+from fresh_process import probe_json
 
 from cliprnn.calibration import CalibrationError, SearchSpace
 from cliprnn.config import CaRConfig
@@ -181,15 +178,7 @@ def test_a_calibration_is_stored_survives_a_restart_and_segments_as_its_config(
 
     # a fresh process (a restart) reads the same calibration
     fo.load_dataset(scenes.name).reload()
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, scenes.name],
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    )
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = probe_json(_PROBE, scenes.name)
     assert got == {"names": ["shapes"], "config": config, "ids": ids,
                    "candidates": len(result.candidates)}  # fmt: skip
 

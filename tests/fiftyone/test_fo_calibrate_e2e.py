@@ -46,11 +46,6 @@ def app(labelled, plugins_dir: Path, tmp_root: Path):
         yield session
 
 
-def _input_after(prompt, label: str):
-    """The input following the form label ``label`` (exactly that text)."""
-    return prompt.get_by_text(label, exact=True).first.locator("xpath=following::input[1]")
-
-
 def test_calibrate_the_selection_then_segment_with_it(app, labelled, shots) -> None:
     from playwright.sync_api import expect
 
@@ -68,9 +63,9 @@ def test_calibrate_the_selection_then_segment_with_it(app, labelled, shots) -> N
     notice = "Calibrates on the 4 selected samples, against 'ground_truth'"
     expect(prompt.get_by_text(notice)).to_be_visible(timeout=60_000)
     expect(prompt.get_by_text("Bundled miniature CLIP", exact=False).first).to_be_visible()
-    _input_after(prompt, "Budget").fill("2")
-    _input_after(prompt, "Cross-validation folds").fill("2")
-    _input_after(prompt, "Name").fill(NAME)
+    ad.field_after(prompt, "Budget", exact=True).fill("2")
+    ad.field_after(prompt, "Cross-validation folds", exact=True).fill("2")
+    ad.field_after(prompt, "Name", exact=True).fill(NAME)
     expect(prompt.get_by_text(f"Stores the calibration '{NAME}'", exact=False)).to_be_visible(
         timeout=15_000
     )

@@ -3,12 +3,12 @@ registers them without errors, and does not import torch to list them."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from fresh_process import probe_json
 
 PLUGIN_URI = "@cliprnn/clip-as-rnn"
 
@@ -30,15 +30,7 @@ print(json.dumps(dict(plugins=plugins, ops=ops, errors=errors,
 
 def test_plugin_and_operators_are_discovered_without_errors(plugins_dir) -> None:
     env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = probe_json(_PROBE, env=env, timeout=120)
     assert got["plugins"] == [PLUGIN_URI]
     assert got["ops"] == [
         f"{PLUGIN_URI}/{n}"

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import fiftyone as fo
@@ -18,6 +15,7 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 from fiftyone.operators.executor import ExecutionContext
+from fresh_process import probe_json
 
 from cliprnn.errors import ConfigError, QueryError
 from cliprnn.exemplars import Exemplars, pixel_box
@@ -102,15 +100,7 @@ def test_a_stored_set_survives_a_reload_and_a_new_process_and_sees_moved_files(
     scenes.reload()
     fresh = fo.load_dataset(scenes.name)
     assert list(load_exemplar_set(fresh, "mascot").images) == [str(moved), second.filepath]
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, scenes.name],
-        env=os.environ,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    )
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = probe_json(_PROBE, scenes.name)
     assert got == {"sets": ["mascot"], "images": [str(moved), second.filepath]}
 
 
