@@ -216,3 +216,21 @@ def test_calibration_benchmark_reports_finite_numbers_inside_their_intervals(
         assert row["overrides"] == {} and row["gain"] == 0.0
     assert any("preset" in line for line in lines)
     assert "sparse" in format_table(report)
+
+
+def test_calibration_benchmark_refuses_bad_labelled_seeds_and_margin_before_any_work(
+    capsys,
+) -> None:
+    from cliprnn import CaRConfig
+    from cliprnn.__main__ import main
+    from cliprnn.dev.bench.calibration import labelled_seeds, run_calibration_benchmark
+
+    assert labelled_seeds(520_000, 30) == range(520_000, 520_030)
+    # a model that cannot load: any work before the check would fail with another error
+    absent = CaRConfig.preset("mini", proposal_model="/nonexistent/clip")
+    with pytest.raises(ValueError, match="must be training seeds"):
+        run_calibration_benchmark(labelled=[30], labelled_start=999_990, config=absent)
+    assert main(["bench-calibration", "--labelled-start", "999990", "--labelled", "30"]) == 2
+    assert "--labelled-start: labelled seeds 999990:1000020" in capsys.readouterr().err
+    assert main(["bench-calibration", "--min-gain-se", "-1"]) == 2
+    assert "--min-gain-se must be >= 0" in capsys.readouterr().err

@@ -78,6 +78,7 @@ def _cmd_bench_calibration(args: argparse.Namespace) -> int:
     from cliprnn.dev.bench.calibration import (
         DEFAULT_LABELLED,
         format_table,
+        labelled_seeds,
         run_calibration_benchmark,
     )
     from cliprnn.dev.scenes import STYLES
@@ -93,6 +94,14 @@ def _cmd_bench_calibration(args: argparse.Namespace) -> int:
         return 2
     if args.budget < 1:
         print("--budget must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        labelled_seeds(args.labelled_start, max(labelled))
+    except ValueError as e:
+        print(f"--labelled-start: {e}", file=sys.stderr)
+        return 2
+    if not args.min_gain_se >= 0:
+        print("--min-gain-se must be >= 0", file=sys.stderr)
         return 2
 
     def log(line: str) -> None:

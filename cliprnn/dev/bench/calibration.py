@@ -40,16 +40,21 @@ TARGETS: dict[int, str] = {0: "background", **{i + 1: name for i, name in enumer
 _LABELS = ("background", *CLASSES)
 
 
+def labelled_seeds(start: int, n: int) -> range:
+    """The seeds of ``n`` labelled scenes from ``start``; ValueError outside the training range."""
+    if start < 0 or start + n > TRAIN_SEED_LIMIT:
+        raise ValueError(f"labelled seeds {start}:{start + n} must be training seeds (< 1,000,000)")
+    return range(start, start + n)
+
+
 def labelled_samples(
     style: str, n: int, size: tuple[int, int] = DEFAULT_SIZE, start: int = LABELLED_START
 ) -> list[Any]:
     """``n`` labelled training scenes of ``style`` (seeds from ``start``) as calibration samples."""
     from cliprnn.calibration import LabelledImage
 
-    if start < 0 or start + n > TRAIN_SEED_LIMIT:
-        raise ValueError(f"labelled seeds {start}:{start + n} must be training seeds (< 1,000,000)")
     samples = []
-    for seed in range(start, start + n):
+    for seed in labelled_seeds(start, n):
         scene = generate_scene(seed, size, style=style)
         samples.append(LabelledImage(scene.image, scene.label_map, f"{style} scene {seed}"))
     return samples
@@ -100,6 +105,7 @@ def run_calibration_benchmark(
         raise ValueError(f"unknown scene styles {unknown}; choose from {list(STYLES)}")
     if not labelled or min(labelled) < 2:
         raise ValueError(f"every number of labelled samples must be >= 2, got {labelled}")
+    labelled_seeds(labelled_start, labelled[-1])  # checked before any work
     say = log or (lambda _line: None)
     start = time.perf_counter()
     car = CaR(config if config is not None else CaRConfig.preset("mini"))
