@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The background training runs of the plan in docs/mini_clip.md, started or resumed; each
 # outlives the shell that started it. ROLE is `proposal` (runs/prop128: the 2-head proposal
-# model) or `classifier` (runs/cls96i: the shipped classifier, continued).
+# model) or `classifier` (runs/cls96j: the shipped classifier, continued: its fourth stage).
 #
 #   scripts/train_mini.sh ROLE               start it, or resume it from OUT/checkpoint
 #   scripts/train_mini.sh ROLE --status      its last logged step, validations and best
@@ -27,9 +27,9 @@ proposal)
     CHECKPOINT_MINUTES="${CHECKPOINT_MINUTES:-5}"
     ;;
 classifier)
-    OUT="${OUT:-runs/cls96i}"
+    OUT="${OUT:-runs/cls96j}"
     INIT="${INIT:-cliprnn/assets/mini_clip/classifier}"
-    RUN=(--role classifier --seed 23 --steps 5000 --lr 3e-4 --val-seeds 998000:998064)
+    RUN=(--role classifier --seed 29 --steps 5000 --lr 2e-4 --val-seeds 998000:998256)
     CHECKPOINT_MINUTES="${CHECKPOINT_MINUTES:-10}"
     ;;
 *)
@@ -74,4 +74,7 @@ if [ "${1:-}" = --foreground ]; then
 fi
 setsid nohup nice -n "${NICE:-0}" "$PY" -m cliprnn.dev.mini_clip.train "${RUN[@]}" >>"$OUT/stdout.txt" 2>&1 </dev/null &
 echo $! >"$OUT/pid"
+# setsid gives the run its own scheduler autogroup, where its nice value alone does not yield
+# to other sessions' jobs: the group's own nice value does.
+if [ "${NICE:-0}" != 0 ]; then echo "$NICE" >"/proc/$!/autogroup" 2>/dev/null || true; fi
 echo "started PID $! ($OUT/train.log): $PY -m cliprnn.dev.mini_clip.train ${RUN[*]}"
