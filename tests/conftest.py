@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 _TMP_PREFIX = "cliprnn-tests-"
@@ -63,14 +64,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     CLIPRNN_KEEP_TEST_TMP=1 keeps it to look at."""
     if os.environ.get("CLIPRNN_KEEP_TEST_TMP"):
         return
-    # Stop the database this run started (it lives in the folder) before its files go; it
-    # waits for every process still using it, so not for longer than a minute.
+    # Stop the database this run started (it lives in the folder) before its files go:
+    # `stop()` only tells FiftyOne's service process to end, which stops mongod once no other
+    # process uses it, so wait for that process (not for longer than a minute); removing the
+    # folder earlier left mongod writing into it.
     database = sys.modules.get("fiftyone.core.odm.database")
     service = getattr(database, "_db_service", None)
-    if service is not None and getattr(service, "child", None) is not None:
-        stopping = threading.Thread(target=service.stop, daemon=True)
-        stopping.start()
-        stopping.join(60)
+    child = getattr(service, "child", None)
+    if child is not None:
+        service.stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=60)
     shutil.rmtree(_TMP, ignore_errors=True)
 
 
