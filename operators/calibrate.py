@@ -431,7 +431,7 @@ def _same(a: Any, b: Any) -> bool:
 def _table(record: dict[str, Any], base: Any, tuned: Any, named: dict) -> list[dict[str, str]]:
     """The before/after rows: scores with intervals, chosen values, passes."""
     r = record
-    kept = " (base kept: not above its standard error)" if r["kept_base"] else ""
+    kept = " (base kept: its interval is not above 0)" if r["kept_base"] else ""
     rows = [
         (
             "mIoU, cross-validated (%), 95 % interval",
@@ -499,8 +499,8 @@ def calibration_output(record: dict[str, Any]) -> tuple[dict, dict]:
     summary = _stored_message(record) + "."
     if record["kept_base"]:
         summary += (
-            " The cross-validated gain over the base settings is not above its standard error, "
-            "so the calibration keeps them."
+            " The cross-validated gain over the base settings is within the noise (its 95 % "
+            "interval is not above 0), so the calibration keeps them."
         )
     summary += (
         f" Calibrated on {record['samples']} samples of '{record['gt_field']}' for "

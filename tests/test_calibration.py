@@ -100,8 +100,7 @@ def test_result_scores_are_consistent(mini, samples, cached):
     if r.kept_base:
         assert r.overrides == {} and r.config == mini.config
     else:
-        se = (r.gain_interval[1] - r.gain_interval[0]) / 3.92
-        assert r.gain > se > 0 and r.overrides
+        assert r.gain_interval[0] > 0 and r.overrides
         assert r.config == mini.config.replace(**r.config_overrides())
     theta = [v for v, _ in r.curve("confidence_threshold")]
     assert theta == list(SMALL.confidence_thresholds)

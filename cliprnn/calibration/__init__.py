@@ -124,8 +124,8 @@ def calibrate(
     other samples chooses the configuration its held-out samples are scored with, giving
     ``score`` against ``base_score`` on the same samples; the returned configuration comes
     from one more search on every sample, and is the base configuration (``kept_base``) unless
-    the cross-validated gain exceeds its standard error (the one-standard-error rule: a gain
-    within the noise of a few samples does not replace the base). Deterministic for a seed.
+    the cross-validated gain's paired 95 % interval lies above 0 (a gain within the noise of a
+    few samples does not replace the base). Deterministic for a seed.
     ``cache=False`` recomputes every pass (the same result, slower). Raises CalibrationError
     naming the sample or parameter at fault.
     """
@@ -199,9 +199,7 @@ def calibrate(
     base_ci = bootstrap_interval(*base_counts, resamples, seed)
     gain_ci = paired_gain_interval(cv, base_counts, resamples, seed)
     gain = cv_score - base_score
-    # The bootstrap's 95 % interval spans about ±1.96 standard errors.
-    gain_se = (gain_ci[1] - gain_ci[0]) / (2 * 1.96)
-    kept_base = not gain > gain_se or best == start
+    kept_base = not gain_ci[0] > 0 or best == start
     chosen = start if kept_base else best
     changed = {} if kept_base else {
         k: v for k, v, s in zip(KNOBS, best, start, strict=True) if v != s

@@ -23,7 +23,7 @@ class CalibrationResult:
     is the base configuration's mIoU on the same samples, ``gain`` their paired difference.
     ``fit_score`` is the chosen configuration's mIoU on every labelled sample it was chosen
     on, an optimistic figure. ``kept_base`` says the base configuration was kept because
-    the cross-validated gain was not above its standard error.
+    the cross-validated gain's 95 % interval was not above 0.
     """
 
     config: CaRConfig
