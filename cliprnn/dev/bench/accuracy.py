@@ -117,6 +117,26 @@ class SplitScore:
         }
 
 
+def score_scenes(
+    seeds: Sequence[int],
+    cars: Mapping[str, Any],
+    size: tuple[int, int] = DEFAULT_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, SplitScore]:
+    """Each named engine's scores on the same generated scenes, every class queried (only the
+    present ones for the ``ORACLE_VARIANTS`` names)."""
+    scores = {name: SplitScore(len(seeds), ("background", *CLASSES)) for name in cars}
+    for k, seed in enumerate(seeds):
+        scene = generate_scene(seed, size)
+        present = set(scene.present_names)
+        for name, car in cars.items():
+            queries = scene.present_names if name in ORACLE_VARIANTS else list(CLASSES)
+            scores[name].add(k, car.segment(scene.image, queries), scene.label_map, present)
+        if progress is not None:
+            progress(k + 1, len(seeds))
+    return scores
+
+
 def run_accuracy_benchmark(
     seeds: Iterable[int] = DEFAULT_SEEDS,
     config: CaRConfig | None = None,
@@ -147,15 +167,7 @@ def run_accuracy_benchmark(
             cars[name] = cars[names[0]].sharing_models(**VARIANTS[name])
         else:
             cars[name] = CaR(config.replace(**VARIANTS[name]))
-    scores = {name: SplitScore(len(seeds), ("background", *CLASSES)) for name in names}
-    for k, seed in enumerate(seeds):
-        scene = generate_scene(seed, size)
-        present = set(scene.present_names)
-        for name, car in cars.items():
-            queries = scene.present_names if name in ORACLE_VARIANTS else list(CLASSES)
-            scores[name].add(k, car.segment(scene.image, queries), scene.label_map, present)
-        if progress is not None:
-            progress(k + 1, len(seeds))
+    scores = score_scenes(seeds, cars, size, progress)
     report: dict[str, Any] = {}
     for name in names:
         report.update(scores[name].summary(name, resamples))

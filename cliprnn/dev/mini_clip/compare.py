@@ -15,9 +15,8 @@ import json
 from typing import Any
 
 from cliprnn.config import CaRConfig
-from cliprnn.dev.bench.accuracy import DEFAULT_SIZE, SplitScore, paired_gain_interval
+from cliprnn.dev.bench.accuracy import paired_gain_interval, score_scenes
 from cliprnn.dev.mini_clip.data import TRAIN_SEED_LIMIT
-from cliprnn.dev.scenes import CLASSES, STUFF, generate_scene
 
 
 def compare_settings(
@@ -26,14 +25,9 @@ def compare_settings(
     """One row per setting: mIoU, interval, keep/drop rates, paired gain over the first."""
     from cliprnn.car import CaR
 
-    base = CaRConfig.preset("mini", device="cpu", background_words=STUFF)
-    cars = [CaR(base.replace(**setting)) for setting in settings]
-    scores = [SplitScore(len(seeds), ("background", *CLASSES)) for _ in cars]
-    for k, seed in enumerate(seeds):
-        scene = generate_scene(seed, DEFAULT_SIZE)
-        present = set(scene.present_names)
-        for car, score in zip(cars, scores, strict=True):
-            score.add(k, car.segment(scene.image, list(CLASSES)), scene.label_map, present)
+    base = CaRConfig.preset("mini", device="cpu")
+    cars = {str(k): CaR(base.replace(**setting)) for k, setting in enumerate(settings)}
+    scores = list(score_scenes(list(seeds), cars).values())
     first = scores[0]
     rows = []
     for setting, score in zip(settings, scores, strict=True):
